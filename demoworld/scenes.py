@@ -1,0 +1,177 @@
+"""Scene attributes, rendering and captions of the demo world.
+
+A scene is one shape of one colour and size on a background of another colour.
+Everything here is deterministic given its inputs; randomness comes in as a
+``numpy.random.Generator`` passed by the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Well-separated RGB values so the pixel judge can name a colour even after blur and noise.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (245, 220, 30),
+    "purple": (140, 40, 180),
+    "orange": (250, 140, 20),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+SIZES: tuple[str, ...] = ("small", "large")
+# Radius of the shape's bounding circle as a fraction of the image side.
+SIZE_RADIUS: dict[str, float] = {"small": 0.2, "large": 0.36}
+# Words a caption may use for each size.
+SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large": ("large", "big")}
+
+# Paraphrase templates. Splits hold some out (see demoworld.splits), so the order is part of the data.
+TEMPLATES: tuple[str, ...] = (
+    "a {size} {colour} {shape} on a {background} background",
+    "there is a {size} {colour} {shape}, the background is {background}",
+    "a {colour} {shape}, {size}, in front of a {background} background",
+    "{background} background with a {size} {colour} {shape}",
+    "the picture shows a {size} {colour} {shape} on {background}",
+    "a {size} {shape} coloured {colour} on a {background} backdrop",
+    "on a {background} background sits a {size} {colour} {shape}",
+    "an image of a {size} {colour} {shape} against {background}",
+    "a {background} scene with one {size} {colour} {shape} in it",
+)
+
+SUPERSAMPLE = 4  # render at 4x and downsample, for anti-aliased edges
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One drawable scene; ``dx``/``dy`` shift the centre by a fraction of the side."""
+
+    shape: str
+    colour: str
+    size: str
+    background: str
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
+        for field in ("colour", "background"):
+            if getattr(self, field) not in COLOURS:
+                raise ValueError(f"{field} must be one of {tuple(COLOURS)}, got {getattr(self, field)!r}")
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {self.size!r}")
+        if self.colour == self.background:
+            raise ValueError(f"colour and background must differ, both are {self.colour!r}")
+
+    def attributes(self) -> dict[str, str]:
+        return {"shape": self.shape, "colour": self.colour, "size": self.size, "background": self.background}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def all_attribute_combinations() -> list[tuple[str, str, str, str]]:
+    """Every valid (shape, colour, size, background), in a fixed order."""
+    return [
+        (shape, colour, size, background)
+        for shape, colour, size, background in itertools.product(SHAPES, COLOURS, SIZES, COLOURS)
+        if colour != background
+    ]
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """Vertices of a polygonal shape inscribed in the circle (cx, cy, r); None for a circle."""
+    if shape == "circle":
+        return None
+    if shape == "square":
+        h = r / math.sqrt(2)
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":  # pointing up, centroid at the centre
+        return [(cx + r * math.cos(a), cy - r * math.sin(a)) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)]
+    if shape == "cross":  # plus sign with arms one third of the extent wide
+        h, w = r * 0.95, r * 0.95 / 3
+        return [
+            (cx - w, cy - h), (cx + w, cy - h), (cx + w, cy - w), (cx + h, cy - w),
+            (cx + h, cy + w), (cx + w, cy + w), (cx + w, cy + h), (cx - w, cy + h),
+            (cx - w, cy + w), (cx - h, cy + w), (cx - h, cy - w), (cx - w, cy - w),
+        ]  # fmt: skip
+    raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+
+
+def draw_mask(shape: str, cx: float, cy: float, r: float, resolution: int) -> np.ndarray:
+    """Anti-aliased coverage mask in [0, 1] of shape (resolution, resolution); coordinates in pixels."""
+    s = SUPERSAMPLE
+    canvas = Image.new("L", (resolution * s, resolution * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    polygon = shape_polygon(shape, cx * s, cy * s, r * s)
+    if polygon is None:
+        draw.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
+    else:
+        draw.polygon(polygon, fill=255)
+    small = canvas.resize((resolution, resolution), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def render(scene: Scene, resolution: int = 32) -> np.ndarray:
+    """The scene as an RGB uint8 array of shape (resolution, resolution, 3)."""
+    if resolution < 16:
+        raise ValueError(f"resolution must be >= 16, got {resolution}")
+    r = SIZE_RADIUS[scene.size] * resolution
+    cx = resolution / 2 + scene.dx * resolution
+    cy = resolution / 2 + scene.dy * resolution
+    mask = draw_mask(scene.shape, cx, cy, r, resolution)[..., None]
+    fg = np.asarray(COLOURS[scene.colour], dtype=np.float32)
+    bg = np.asarray(COLOURS[scene.background], dtype=np.float32)
+    return np.clip(np.rint(mask * fg + (1 - mask) * bg), 0, 255).astype(np.uint8)
+
+
+def random_scene(rng: np.random.Generator, jitter: float = 0.08) -> Scene:
+    """A uniformly drawn scene, its centre shifted by up to ``jitter`` of the side (large shapes less)."""
+    shape, colour, size, background = all_attribute_combinations()[rng.integers(len(all_attribute_combinations()))]
+    room = jitter if size == "small" else jitter / 3
+    dx, dy = rng.uniform(-room, room, size=2)
+    return Scene(shape, colour, size, background, float(dx), float(dy))
+
+
+def caption(scene: Scene, template: int, rng: np.random.Generator) -> str:
+    """The scene described with template number ``template``; the size word is drawn from ``rng``."""
+    if not 0 <= template < len(TEMPLATES):
+        raise ValueError(f"template must be in [0, {len(TEMPLATES)}), got {template}")
+    words = SIZE_WORDS[scene.size]
+    size_word = words[int(rng.integers(len(words)))]
+    return TEMPLATES[template].format(size=size_word, colour=scene.colour, shape=scene.shape, background=scene.background)
+
+
+def parse_caption(text: str) -> dict[str, str]:
+    """Attributes named in a caption written from the templates (used to score prompts).
+
+    The background colour is the one next to a background word ("background", "backdrop",
+    "scene") or after "on"/"against"; the other colour is the shape's.
+    """
+    words = text.lower().replace(",", " ").split()
+    found: dict[str, str] = {}
+    colours = [(i, w) for i, w in enumerate(words) if w in COLOURS]
+    for i, w in colours:
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        prev = words[i - 1] if i > 0 else ""
+        is_bg = nxt in ("background", "backdrop", "scene") or prev in ("is", "against") or (
+            prev == "on" and nxt not in SHAPES
+        )
+        if is_bg and "background" not in found:
+            found["background"] = w
+        elif "colour" not in found:
+            found["colour"] = w
+    for w in words:
+        if w in SHAPES:
+            found["shape"] = w
+        for size, syn in SIZE_WORDS.items():
+            if w in syn:
+                found["size"] = size
+    return found

@@ -1,0 +1,5 @@
+import sys
+
+from fusemix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The `fusemix` command: dispatches to one module per subcommand.
+
+    fusemix extract --encoder whisper-tiny.en --manifest clips.jsonl --out latents/audio
+    fusemix --help
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from fusion.errors import FusemixError
+
+# subcommand -> (module with a main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "extract": ("fusemix.extract", "encode audio or captions once and cache the latents on disk"),
+    "train": ("fusemix.train", "train FuseMix adapters on cached latents"),
+    "eval": ("fusemix.evaluate", "audio-text retrieval benchmark (R@1/5/10, mAP@10)"),
+    "train-translator": ("fusemix.train_translator", "train the shared-space -> image-conditioning translator"),
+    "generate": ("fusemix.generate", "turn audio files into images"),
+    "batch": ("fusemix.batch", "turn a folder or manifest of audio into images, resumably"),
+    "ui": ("fusemix.ui", "start the Gradio app"),
+    "demo": ("fusemix.demo", "the demo world: build, judge, train-image-model, run"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: fusemix COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `fusemix COMMAND --help` for a command's options. FUSEMIX_DEBUG=1 shows tracebacks."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; user errors become one line on stderr and exit code 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"fusemix: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("FUSEMIX_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print("fusemix: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+    except (FusemixError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        if os.environ.get("FUSEMIX_DEBUG"):
+            raise
+        print(f"fusemix {name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`fusemix demo ACTION`: the demo world's tools.
+
+    fusemix demo build --out data/demo --size small
+    fusemix demo judge --images outputs/demo --manifest outputs/demo/prompts.jsonl
+    fusemix demo train-image-model --data data/demo --out checkpoints/demo/image_model
+    fusemix demo run --out outputs/demo      # what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import importlib
+
+ACTIONS: dict[str, tuple[str, str]] = {
+    "build": ("fusemix.demo_build", "generate scenes, captions, spoken captions and splits"),
+    "judge": ("fusemix.demo_judge", "score generated images against their prompts"),
+    "train-image-model": ("fusemix.demo_train_image_model", "train the demo world's text-to-image UNet"),
+    "run": ("fusemix.demo_run", "the main job on the embedded default (what `make demo` runs)"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ACTIONS:
+        print("usage: fusemix demo ACTION [ARGS]\n\nactions:")
+        for name, (_, help_) in ACTIONS.items():
+            print(f"  {name:<20} {help_}")
+        if argv and argv[0] not in ("-h", "--help"):
+            raise ValueError(f"unknown demo action {argv[0]!r}")
+        return 0 if argv else 2
+    return int(importlib.import_module(ACTIONS[argv[0]][0]).main(argv[1:]) or 0)

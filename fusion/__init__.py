@@ -1,0 +1,4 @@
+"""Frozen encoders, the latent cache, FuseMix adapters, training and retrieval metrics.
+
+Imports neither gradio nor `generator`.
+"""

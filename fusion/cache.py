@@ -1,0 +1,121 @@
+"""The on-disk latent cache: contiguous ``.npy`` shards plus a small ``manifest.json``.
+
+Layout of a cache folder::
+
+    manifest.json          # written last, atomically: encoder, modality, dim, dtype, pooling, tokens,
+                           # count, ids, clip_ids, texts (captions only), shards [{file, count}]
+    shard-00000.npy        # float array (n, dim) or (n, tokens, dim)
+    progress.json          # during extraction only: shards finished so far (for resume)
+
+Training reads whole arrays (``load_latents``) and indexes batches at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusion.errors import FusemixError
+
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a crash leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.npy"
+
+
+@dataclass
+class Latents:
+    """A loaded cache: ``array[i]`` is the latent of item ``ids[i]``, which belongs to clip ``clip_ids[i]``."""
+
+    array: np.ndarray  # (n, dim) or (n, tokens, dim)
+    ids: list[str]
+    clip_ids: list[str]
+    meta: dict = field(default_factory=dict)  # the rest of manifest.json (encoder, modality, dim, ...)
+    texts: list[str] | None = None  # the captions, for text caches
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def write_latents(out: Path, array: np.ndarray, ids: list[str], clip_ids: list[str], meta: dict,
+                  texts: list[str] | None = None) -> Path:
+    """Write a whole cache in one shard (tests, synthetic data, small jobs)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(array) != len(ids) or len(ids) != len(clip_ids):
+        raise ValueError(f"array, ids and clip_ids must have one length, got {len(array)}, {len(ids)}, {len(clip_ids)}")
+    atomic_save_npy(out / shard_name(0), array)
+    manifest = dict(meta)
+    manifest.update(
+        dim=int(array.shape[-1]), dtype=str(array.dtype), count=len(ids), ids=list(ids), clip_ids=list(clip_ids),
+        shards=[{"file": shard_name(0), "count": len(ids)}],
+    )
+    manifest.setdefault("tokens", int(array.shape[1]) if array.ndim == 3 else None)
+    if texts is not None:
+        manifest["texts"] = list(texts)
+    atomic_write_json(out / MANIFEST, manifest)
+    return out
+
+
+def load_latents(folder: Path, mmap: bool = False) -> Latents:
+    """Read a cache written by ``fusemix extract`` or ``write_latents``; fails with one clear line if incomplete."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        hint = " (extraction unfinished: re-run fusemix extract to resume)" if (folder / PROGRESS).exists() else ""
+        raise FusemixError(f"no latent cache at {folder}: {MANIFEST} missing{hint}")
+    meta = json.loads(manifest_path.read_text())
+    parts = []
+    for shard in meta["shards"]:
+        path = folder / shard["file"]
+        if not path.is_file():
+            raise FusemixError(f"latent cache {folder} is missing shard {shard['file']}")
+        part = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if len(part) != shard["count"]:
+            raise FusemixError(f"latent cache {folder}: {shard['file']} holds {len(part)} rows, manifest says {shard['count']}")
+        parts.append(part)
+    array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    ids, clip_ids, texts = meta.pop("ids"), meta.pop("clip_ids"), meta.pop("texts", None)
+    if len(ids) != len(array):
+        raise FusemixError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
+    return Latents(array=array, ids=ids, clip_ids=clip_ids, meta=meta, texts=texts)
