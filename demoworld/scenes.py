@@ -175,3 +175,9 @@ def parse_caption(text: str) -> dict[str, str]:
             if w in syn:
                 found["size"] = size
     return found
+
+
+# Template splits: the test split's templates (and voices, see demoworld.speech) are never seen in training.
+TRAIN_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+VAL_TEMPLATES: tuple[int, ...] = (6,)
+TEST_TEMPLATES: tuple[int, ...] = (7, 8)
