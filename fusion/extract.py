@@ -99,6 +99,8 @@ def extract(config: ExtractConfig) -> Path:
     if progress is None:
         progress = {"fingerprint": fingerprint, "modality": modality, "encoder": config.encoder, "shards": {}}
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".shard-*.npy.*.tmp"), *out.glob(f".{PROGRESS}.*.tmp")]:
+        stale.unlink(missing_ok=True)  # half-written by a killed run
 
     plan = [items[i : i + config.shard_size] for i in range(0, len(items), config.shard_size)]
     done = {int(k) for k, v in progress["shards"].items() if _shard_intact(out, int(k), v)}
@@ -235,7 +237,7 @@ def _encode_shard(
         bar.update(len(batch))
     if parts:
         return np.concatenate(parts), failures
-    shape = (0, config.tokens, encoder.dim) if config.tokens else (0, encoder.dim)
+    shape = (0, config.tokens, _latent_dim(encoder, config.tokens)) if config.tokens else (0, encoder.dim)
     return np.zeros(shape, dtype=np.float32), failures
 
 
@@ -275,12 +277,17 @@ def _decode(item: Item, sample_rate: int, max_seconds: float) -> np.ndarray | Au
 
 def _encode_batch(encoder: Any, inputs: list[Any], tokens: int | None, first_id: str) -> np.ndarray:
     latents = np.asarray(encoder.encode(inputs, tokens=tokens))
-    expected = (len(inputs), tokens, encoder.dim) if tokens else (len(inputs), encoder.dim)
+    expected = (len(inputs), tokens, _latent_dim(encoder, tokens)) if tokens else (len(inputs), encoder.dim)
     if latents.shape != expected:
         raise FusemixError(f"encoder {encoder.name!r} returned shape {latents.shape} for a batch, expected {expected}")
     if not np.isfinite(latents).all():
         raise FusemixError(f"encoder {encoder.name!r} returned NaN/inf latents for the batch starting at {first_id!r}")
     return latents.astype(np.float32, copy=False)
+
+
+def _latent_dim(encoder: Any, tokens: int | None) -> int:
+    """Size of one latent: token-level latents may be wider than pooled ones (pooled ones can be projected)."""
+    return int(getattr(encoder, "token_dim", encoder.dim) if tokens else encoder.dim)
 
 
 def _finish(
@@ -320,7 +327,7 @@ def _finish(
     manifest = {
         "encoder": config.encoder,
         "modality": modality,
-        "dim": int(encoder.dim),
+        "dim": _latent_dim(encoder, config.tokens),
         "dtype": "float32",
         "pooling": getattr(encoder, "pooling", None),
         "tokens": config.tokens,
