@@ -272,7 +272,10 @@ def build(config: BuildConfig) -> dict:
 
 
 def write_examples(out: Path, count: int = 6, seed: int = 0) -> list[dict]:
-    """A few spoken prompts (test voices and templates) and ``prompts.jsonl`` listing them, for the README and UI."""
+    """A few spoken prompts (test voices and templates) and ``prompts.jsonl`` listing them, for the README and UI.
+
+    The clips are 16 kHz mono Ogg Vorbis (about 20 KB each) because they ship in git.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     combos = scenes.all_attribute_combinations()
@@ -286,10 +289,10 @@ def write_examples(out: Path, count: int = 6, seed: int = 0) -> list[dict]:
         voice = speech.TEST_VOICES[k % len(speech.TEST_VOICES)]
         # moderate settings: these clips show the product, not stress it
         settings = speech.SpeechSettings(
-            voice=voice, speed=140, pitch=int(rng.integers(40, 61)), snr_db=25.0, noise="pink", gain=0.7
+            voice=voice, speed=140, pitch=int(rng.integers(40, 61)), snr_db=30.0, noise="pink", gain=0.7
         )
-        name = f"{scene.size}_{scene.colour}_{scene.shape}_on_{scene.background}.wav"
-        speech.write_wav(out / name, speech.speak(text, settings, rng))
+        name = f"{scene.size}_{scene.colour}_{scene.shape}_on_{scene.background}.ogg"
+        atomic_write_bytes(out / name, speech.ogg_bytes(speech.speak(text, settings, rng)))
         lines.append({"audio": name, "caption": text, "scene": scene.attributes(), "voice": voice})
     atomic_write_bytes(out / "prompts.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
     return lines

@@ -9,9 +9,11 @@ Voices are split so the test split's voices are never heard in training.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from math import gcd
 from pathlib import Path
 
@@ -83,10 +85,40 @@ def check_espeak() -> str:
     return path
 
 
+@lru_cache(maxsize=1)
+def installed_voices() -> tuple[frozenset[str], frozenset[str]]:
+    """Voice names (e.g. "en-us", "en") and variants (e.g. "f2") that this espeak-ng knows (mbrola excluded)."""
+    exe = check_espeak()
+    languages: set[str] = set()
+    for row in subprocess.run([exe, "--voices"], capture_output=True, text=True, check=False).stdout.splitlines()[1:]:
+        cols = row.split()
+        if len(cols) >= 5 and not cols[4].startswith("mb/"):  # mbrola voices need extra packages
+            languages.add(cols[1])
+            languages.update(re.findall(r"\(([\w-]+) \d+\)", row))  # other names it answers to: "(en 2)"
+    variants: set[str] = set()
+    for row in subprocess.run(
+        [exe, "--voices=variant"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[1:]:
+        if "!v/" in row:
+            variants.add(re.sub(r"\s*\(.*\)$", "", row.split("!v/", 1)[1]).strip())
+    return frozenset(languages), frozenset(variants)
+
+
+def check_voice(voice: str) -> None:
+    """Fail clearly on a voice espeak-ng would silently replace with its default."""
+    languages, variants = installed_voices()
+    base, _, variant = voice.partition("+")
+    if base not in languages:
+        raise FusemixError(f"espeak-ng has no voice {base!r} (from {voice!r}); see `espeak-ng --voices`")
+    if variant and variant not in variants:
+        raise FusemixError(f"espeak-ng has no variant {variant!r} (from {voice!r}); see `espeak-ng --voices=variant`")
+
+
 def espeak(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
     """Raw espeak-ng speech as float32 in [-1, 1] and its sample rate (22050 Hz for gmw voices)."""
     if not text.strip():
         raise ValueError("text to speak is empty")
+    check_voice(voice)
     cmd = [check_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0 or not proc.stdout:
@@ -143,6 +175,13 @@ def wav_bytes(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM mono WAV, byte-for-byte deterministic for the same samples."""
     buf = io.BytesIO()
     sf.write(buf, np.clip(audio, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def ogg_bytes(audio: np.ndarray, sr: int = SAMPLE_RATE, compression: float = 0.7) -> bytes:
+    """Ogg Vorbis (about 6x smaller than 16-bit WAV): for the example clips that ship in git."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), sr, format="OGG", subtype="VORBIS", compression_level=compression)
     return buf.getvalue()
 
 
