@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from fusion.cache import MANIFEST
 from fusion.extract import FAILURES, ExtractConfig, extract
 
@@ -58,7 +60,8 @@ def parse_config(argv: list[str] | None) -> ExtractConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     start = time.perf_counter()
-    out = extract(config)
+    with logging_redirect_tqdm():  # warnings about skipped files print above the bar, not through it
+        out = extract(config)
     seconds = time.perf_counter() - start
     meta = json.loads((out / MANIFEST).read_text())
     shape = (meta["count"], meta["tokens"], meta["dim"]) if meta["tokens"] else (meta["count"], meta["dim"])
