@@ -1,0 +1,66 @@
+"""`fusemix train`: train FuseMix adapters on cached audio and caption latents.
+
+    fusemix train --audio-latents latents/audio --text-latents latents/text --out runs/fusemix
+    fusemix train ... --out runs/fusemix --resume          # continue after an interruption
+    accelerate launch --num_processes 2 -m fusemix train ...   # several processes, data split across them
+
+The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from fusion.adapters import AUDIO_ADAPTERS
+from fusion.train import TrainConfig, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig(audio_latents="", text_latents="", out="")
+    p = argparse.ArgumentParser(
+        prog="fusemix train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--audio-latents", required=True, help="audio latent cache folder (one row per clip)")
+    p.add_argument("--text-latents", required=True, help="caption latent cache folder (one row per caption)")
+    p.add_argument("--out", required=True, help="run folder; the checkpoint goes to OUT/checkpoint")
+    for name, kind, help_ in [
+        ("epochs", int, "passes over the clips"),
+        ("batch-size", int, "pairs per step before mixing (over all processes)"),
+        ("lr", float, "peak AdamW learning rate"),
+        ("min-lr", float, "final learning rate of the cosine decay"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("weight-decay", float, "AdamW weight decay"),
+        ("alpha", float, "FuseMix lambda ~ Beta(alpha, alpha)"),
+        ("dropout", float, "dropout in the MLP blocks"),
+        ("num-blocks", int, "residual MLP blocks per tower"),
+        ("expansion", int, "block hidden width = expansion x dim"),
+        ("shared-dim", int, "shared space width (default 512; text dim with --lock-text)"),
+        ("val-fraction", float, "share of clips held out for validation retrieval each epoch"),
+        ("seed", int, "random seed"),
+    ]:
+        field = name.replace("-", "_")
+        p.add_argument(
+            f"--{name}",
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{help_} (default {getattr(defaults, field)})",
+        )
+    p.add_argument("--audio-adapter", choices=AUDIO_ADAPTERS, default=defaults.audio_adapter, help="audio tower kind")
+    p.add_argument("--lock-text", action="store_true", help="text tower = identity (audio lands in text space)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    args = vars(build_parser().parse_args(argv))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in args.items() if k in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ckpt = train(parse_config(argv))
+    print(f"checkpoint: {ckpt}")
+    return 0
