@@ -16,8 +16,8 @@ KS = (1, 5, 10)
 
 
 def _summary(ranks: torch.Tensor, map10: torch.Tensor) -> dict[str, float]:
-    out = {f"R@{k}": float((ranks <= k).float().mean()) for k in KS}
-    out["mAP@10"] = float(map10.mean())
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in KS}
+    out["mAP@10"] = float(map10.double().mean())
     return out
 
 

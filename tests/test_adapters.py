@@ -1,0 +1,134 @@
+"""FuseMix adapters, mixup and loss on tiny random inputs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusion.adapters import FuseMixAdapters
+from fusion.loss import InfoNCELoss
+from fusion.mixup import fusemix_mix
+
+
+def tiny(**kw) -> FuseMixAdapters:
+    torch.manual_seed(0)
+    return FuseMixAdapters(audio_dim=12, text_dim=10, **{"shared_dim": 16, "num_blocks": 2, **kw})
+
+
+def test_encode_shapes_and_normalised():
+    model = tiny().eval()
+    out = model.encode({"audio": torch.randn(5, 12), "text": torch.randn(7, 10)})
+    assert out["audio"].shape == (5, 16) and out["text"].shape == (7, 16)
+    assert torch.allclose(out["audio"].norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert set(model.towers.keys()) == {"audio", "text"}
+    assert model.encode({"text": torch.randn(2, 10)}).keys() == {"text"}
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = tiny(dropout=0.2).eval()
+    with torch.no_grad():
+        model.temperature.fill_(0.05)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["shared_dim"] == 16 and config["audio_dim"] == 12 and config["dropout"] == 0.2
+    loaded = FuseMixAdapters.from_pretrained(tmp_path).eval()
+    x = {"audio": torch.randn(4, 12), "text": torch.randn(4, 10)}
+    for key, value in model.encode(x).items():
+        assert torch.equal(value, loaded.encode(x)[key])
+    assert loaded.temperature.item() == pytest.approx(0.05)
+
+
+def test_lock_text_is_identity_into_text_space():
+    model = FuseMixAdapters(audio_dim=12, text_dim=10, lock_text=True, num_blocks=1).eval()
+    assert model.shared_dim == 10
+    text = torch.randn(3, 10)
+    assert torch.allclose(model.encode({"text": text})["text"], F.normalize(text, dim=-1))
+    assert not any(True for _ in model.towers["text"].parameters())
+    with pytest.raises(ValueError, match="shared_dim must equal text_dim"):
+        FuseMixAdapters(audio_dim=12, text_dim=10, lock_text=True, shared_dim=16)
+
+
+def test_default_shared_dim_is_512():
+    assert FuseMixAdapters(audio_dim=4, text_dim=6, num_blocks=0).shared_dim == 512
+
+
+def test_bad_inputs_rejected():
+    model = tiny()
+    with pytest.raises(ValueError, match="audio latents have dim 11"):
+        model.encode({"audio": torch.randn(2, 11)})
+    with pytest.raises(ValueError, match="pooled"):
+        model.encode({"audio": torch.randn(2, 3, 12)})
+    with pytest.raises(ValueError, match="unknown modality"):
+        model.encode({"image": torch.randn(2, 12)})
+    with pytest.raises(ValueError, match="audio_adapter"):
+        FuseMixAdapters(audio_dim=4, text_dim=4, audio_adapter="nope")
+
+
+def test_temperature_is_clamped():
+    model = tiny()
+    assert model.logit_scale().item() == pytest.approx(1 / 0.07)
+    with torch.no_grad():
+        model.temperature.fill_(1e-6)
+    assert model.logit_scale().item() == pytest.approx(1000.0)
+    with torch.no_grad():
+        model.temperature.fill_(3.0)
+    assert model.logit_scale().item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (8, 3, 5)])
+def test_mixup_shares_one_lambda(shape):
+    audio, text = torch.randn(*shape), torch.randn(*shape)
+    mixed_a, mixed_t = fusemix_mix(audio, text, alpha=1.0, generator=torch.Generator().manual_seed(0))
+    assert mixed_a.shape == (4, *shape[1:])
+
+    def solve_lambda(mixed, x):  # mixed = lam * x1 + (1 - lam) * x2  ->  lam per element
+        return (mixed - x[4:]) / (x[:4] - x[4:])
+
+    lam_a, lam_t = solve_lambda(mixed_a, audio), solve_lambda(mixed_t, text)
+    lam = lam_a.flatten()[0].item()
+    assert 0 < lam < 1
+    assert torch.allclose(lam_a, torch.full_like(lam_a, lam), atol=1e-4)
+    assert torch.allclose(lam_t, torch.full_like(lam_t, lam), atol=1e-4)
+
+
+def test_mixup_generator_decides_lambda():
+    a, t = torch.randn(6, 4), torch.randn(6, 4)
+    first = fusemix_mix(a, t, 1.0, torch.Generator().manual_seed(1))[0]
+    again = fusemix_mix(a, t, 1.0, torch.Generator().manual_seed(1))[0]
+    other = fusemix_mix(a, t, 1.0, torch.Generator().manual_seed(2))[0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # small alpha puts lambda near 0 or 1: mixed rows stay close to one of the originals
+    lams = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        m = fusemix_mix(a, t, 0.1, gen)[0]
+        lams.append(((m - a[3:]) / (a[:3] - a[3:]))[0, 0].item())
+    assert sum(min(x, 1 - x) < 0.1 for x in lams) > 120
+
+
+def test_mixup_bad_inputs():
+    with pytest.raises(ValueError, match="one length"):
+        fusemix_mix(torch.randn(4, 2), torch.randn(3, 2), 1.0, torch.Generator())
+    with pytest.raises(ValueError, match="at least 2"):
+        fusemix_mix(torch.randn(1, 2), torch.randn(1, 2), 1.0, torch.Generator())
+    with pytest.raises(ValueError, match="alpha"):
+        fusemix_mix(torch.randn(4, 2), torch.randn(4, 2), 0.0, torch.Generator())
+
+
+def test_infonce_matches_manual_and_prefers_aligned():
+    torch.manual_seed(0)
+    a, t = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    logits = scale * a @ t.T
+    labels = torch.arange(6)
+    manual = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    loss = InfoNCELoss()
+    assert loss(a, t, scale).item() == pytest.approx(manual.item(), rel=1e-6)
+    assert loss(a, a, scale) < loss(a, t, scale)
+    # the gathered form with this process's rows at an offset equals the loss of those rows in the full batch
+    part = loss(a[3:], t[3:], scale, all_audio=a, all_text=t, offset=3)
+    rows = slice(3, 6)
+    manual_part = (F.cross_entropy(logits[rows], labels[rows]) + F.cross_entropy(logits.T[rows], labels[rows])) / 2
+    assert part.item() == pytest.approx(manual_part.item(), rel=1e-6)
