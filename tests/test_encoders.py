@@ -460,3 +460,19 @@ def test_offline_minilm_paraphrases_are_closer_than_unrelated():
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
     assert z[0] @ z[1] > 0.5 and z[0] @ z[1] > z[0] @ z[2] + 0.3
     assert load_encoder("all-MiniLM-L6-v2").encode(["a red circle"]).shape == (1, 384)
+
+
+def test_checkpoint_missing_weights_is_refused_but_an_unused_pooler_may_be_missing(bert_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(bert_dir / "model.safetensors"))
+    no_pooler, no_layer = tmp_path / "no-pooler", tmp_path / "no-layer"
+    for folder, drop in ((no_pooler, "pooler."), (no_layer, "encoder.layer.0.output.dense.")):
+        shutil.copytree(bert_dir, folder)
+        kept = {k: v for k, v in weights.items() if not k.startswith(drop)}
+        assert len(kept) < len(weights)
+        save_file(kept, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    text = "a red circle"
+    np.testing.assert_allclose(load_encoder(str(no_pooler)).encode([text]), load_encoder(str(bert_dir)).encode([text]))
+    with pytest.raises(ModelUnavailableError, match="lacks 2 weights"):
+        load_encoder(str(no_layer))

@@ -83,8 +83,11 @@ def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         raise unavailable(name, f"the hub refused it ({str(err).splitlines()[0]})") from err
 
 
-def from_pretrained_strict(cls: Any, name: str, **kwargs: Any) -> Any:
-    """Like `from_pretrained`, but a checkpoint that leaves weights of `cls` uninitialised is refused."""
+def from_pretrained_strict(cls: Any, name: str, unused: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """Like `from_pretrained`, but a checkpoint that leaves weights of `cls` uninitialised is refused.
+
+    `unused`: name prefixes of weights we never read (e.g. BERT's pooler), allowed to be missing.
+    """
     from transformers.utils import logging as hf_logging
 
     # transformers prints a table of unexpected keys (e.g. the text tower we skip); missing keys are checked here.
@@ -94,7 +97,7 @@ def from_pretrained_strict(cls: Any, name: str, **kwargs: Any) -> Any:
         model, info = from_pretrained(cls, name, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing = [k for k in info.get("missing_keys", []) if k]
+    missing = [k for k in info.get("missing_keys", []) if k and not k.startswith(unused)]
     if missing:
         shown = ", ".join(sorted(missing)[:3])
         raise ModelUnavailableError(

@@ -112,7 +112,8 @@ class SentenceEncoder:
         self.torch = torch
         self.device = device
         self.tokenizer = from_pretrained(AutoTokenizer, source)
-        self.model = from_pretrained_strict(AutoModel, source).to(device).eval()
+        # Pooling is ours, so a checkpoint saved without the model's own pooler layer is fine.
+        self.model = from_pretrained_strict(AutoModel, source, unused=("pooler.",)).to(device).eval()
         self.rule = pooling_rule(name, folder)
         self.pooling = self.rule.pooling
         self.dim = int(self.model.config.hidden_size)

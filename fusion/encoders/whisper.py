@@ -73,9 +73,12 @@ class CT2WhisperEncoder(_WhisperBase):
         from transformers import WhisperFeatureExtractor
 
         ct2_device = "cuda" if device.startswith("cuda") else "cpu"
+        index = int(device.split(":", 1)[1]) if ct2_device == "cuda" and ":" in device else 0
         compute = compute_type or ("int8" if ct2_device == "cpu" else "float16")
         try:
-            self.model = ctranslate2.models.Whisper(str(folder), device=ct2_device, compute_type=compute)
+            self.model = ctranslate2.models.Whisper(
+                str(folder), device=ct2_device, device_index=index, compute_type=compute
+            )
         except (RuntimeError, ValueError, OSError) as err:
             raise ModelUnavailableError(f"cannot load {name!r} from {folder}: {err}") from err
         n_mels = int(self.model.n_mels) if hasattr(self.model, "n_mels") else 80
