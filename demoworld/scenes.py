@@ -42,7 +42,7 @@ TEMPLATES: tuple[str, ...] = (
     "a {size} {shape} coloured {colour} on a {background} backdrop",
     "on a {background} background sits a {size} {colour} {shape}",
     "an image of a {size} {colour} {shape} against {background}",
-    "a {background} scene with one {size} {colour} {shape} in it",
+    "the {background} scene has one {size} {colour} {shape} in it",
 )
 
 SUPERSAMPLE = 4  # render at 4x and downsample, for anti-aliased edges
