@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,15 @@ def _subset_eval_pairs(audio: torch.Tensor, text: torch.Tensor, pairing: Pairing
     )
 
 
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All processes' rows, concatenated in rank order; gradients flow back to each process's own rows."""
+    import torch.distributed.nn.functional as dist_fn
+
+    with warnings.catch_warnings():  # deprecated in recent torch in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(x.float().contiguous()))
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -239,8 +249,10 @@ def train(cfg: TrainConfig) -> Path:
     cfg.check()
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # cpu=True on a machine without CUDA lets accelerate run several CPU processes (gloo) when launched by torchrun
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
+    log = logger.info if accelerator.is_main_process else (lambda *args: None)
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
 
@@ -287,21 +299,20 @@ def train(cfg: TrainConfig) -> Path:
             f"the caches have {audio_dim}/{text_dim}"
         )
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    if existing is not None:
-        _load_optimizer(optimizer, existing, state["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.lr, cfg.min_lr)
     )
-    if existing is not None:
+    if existing is not None:  # after the scheduler's constructor, which sets the lr of step 0
+        _load_optimizer(optimizer, existing, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     model, optimizer = accelerator.prepare(model, optimizer)
     loss_fn = InfoNCELoss()
     device = accelerator.device
     start_epoch, step = state["epoch"], state["step"]
     if start_epoch >= cfg.epochs:
-        logger.info("%s already trained for %d epochs; nothing to do", out, start_epoch)
+        log("%s already trained for %d epochs; nothing to do", out, start_epoch)
         return ckpt_dir
-    logger.info(
+    log(
         "training on %d clips (%d captions), %d steps/epoch of %d pairs on %d process(es)",
         num_clips,
         data.pairing.num_captions,
@@ -334,8 +345,7 @@ def train(cfg: TrainConfig) -> Path:
             with accelerator.autocast():
                 fa, ft, scale = model(audio, text)
             if world > 1:
-                all_a = torch.cat(torch.distributed.nn.functional.all_gather(fa.float().contiguous()))
-                all_t = torch.cat(torch.distributed.nn.functional.all_gather(ft.float().contiguous()))
+                all_a, all_t = _gather_with_grad(fa), _gather_with_grad(ft)
                 loss = loss_fn(fa, ft, scale, all_a, all_t, offset=rank * len(fa))
             else:
                 loss = loss_fn(fa, ft, scale)
@@ -358,11 +368,9 @@ def train(cfg: TrainConfig) -> Path:
         if data.val is not None and accelerator.is_main_process:
             metrics = evaluate(accelerator.unwrap_model(model), data.val)
             record["val"] = metrics
-            logger.info(
-                "epoch %d: loss %.4f, val text->audio R@1 %.3f", epoch + 1, epoch_loss, metrics["text_to_audio"]["R@1"]
-            )
+            log("epoch %d: loss %.4f, val text->audio R@1 %.3f", epoch + 1, epoch_loss, metrics["text_to_audio"]["R@1"])
         else:
-            logger.info("epoch %d: loss %.4f", epoch + 1, epoch_loss)
+            log("epoch %d: loss %.4f", epoch + 1, epoch_loss)
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=step)
         if accelerator.is_main_process:
