@@ -19,7 +19,13 @@ from fusion.encoders.concat import PREFIX as CONCAT_PREFIX
 from fusion.encoders.concat import ConcatEncoder, split_concat_name
 from fusion.encoders.hub import local_folder, read_config
 from fusion.encoders.text import load_minilm, load_sentence_encoder
-from fusion.encoders.whisper import CT2WhisperEncoder, is_ct2_folder, load_hf_whisper, load_whisper_tiny_en
+from fusion.encoders.whisper import (
+    CT2WhisperEncoder,
+    is_ct2_folder,
+    load_hf_whisper,
+    load_whisper_tiny_en,
+    load_whisper_tiny_en_10s,
+)
 from fusion.errors import ModelUnavailableError
 
 __all__ = ["ENCODERS", "Encoder", "ModelUnavailableError", "load_encoder"]
@@ -50,6 +56,7 @@ def _load_by_config(name: str, device: str = "cpu") -> Encoder:
 # Name or hub-id prefix -> loader(name, device). Exact names win over prefixes; the longest prefix wins.
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "whisper-tiny.en": load_whisper_tiny_en,
+    "whisper-tiny.en-10s": load_whisper_tiny_en_10s,
     "all-MiniLM-L6-v2": load_minilm,
     "sentence-transformers/all-MiniLM-L6-v2": load_minilm,
     "openai/whisper-": load_hf_whisper,
