@@ -2,7 +2,9 @@
 
     fusemix train --audio-latents latents/audio --text-latents latents/text --out runs/fusemix
     fusemix train ... --out runs/fusemix --resume          # continue after an interruption
-    accelerate launch --num_processes 2 -m fusemix train ...   # several processes, data split across them
+    accelerate launch --multi_gpu --num_processes 2 -m fusemix train ...   # several processes, data split
+        # (on a machine without CUDA this runs CPU processes over gloo; `torchrun --nproc_per_node 2 -m fusemix
+        #  train ...` does the same; `accelerate launch --cpu` starts only one process)
 
 The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
 """

@@ -195,7 +195,7 @@ def _subset_pairing(pairing: Pairing, clips: np.ndarray) -> Pairing:
     counts = pairing.counts[clips]
     starts_new = np.concatenate([[0], np.cumsum(counts)[:-1]])
     # positions in caption_rows of the chosen clips' captions, grouped by clip
-    positions = np.concatenate([np.arange(s, s + c) for s, c in zip(pairing.starts[clips], counts, strict=True)])
+    positions = np.repeat(pairing.starts[clips] - starts_new, counts) + np.arange(int(counts.sum()))
     return Pairing(
         audio_rows=pairing.audio_rows[clips],
         caption_rows=pairing.caption_rows[positions],
@@ -249,8 +249,9 @@ def train(cfg: TrainConfig) -> Path:
     cfg.check()
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT
-    # cpu=True on a machine without CUDA lets accelerate run several CPU processes (gloo) when launched by torchrun
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    # cpu=True on a machine without CUDA lets accelerate run several CPU processes (gloo) when launched by torchrun.
+    # bf16 is our own autocast below: accelerate's mixed_precision is fixed once per process (train twice -> error).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     log = logger.info if accelerator.is_main_process else (lambda *args: None)
     if cfg.batch_size % world:
@@ -342,7 +343,7 @@ def train(cfg: TrainConfig) -> Path:
             audio = data.audio[idx].to(device, non_blocking=True)
             text = data.text[caption_rows[idx]].to(device, non_blocking=True)
             audio, text = fusemix_mix(audio, text, cfg.alpha, gen)
-            with accelerator.autocast():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 fa, ft, scale = model(audio, text)
             if world > 1:
                 all_a, all_t = _gather_with_grad(fa), _gather_with_grad(ft)

@@ -200,6 +200,32 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     assert not any(p.name.startswith(".") for p in (tmp_path / "cut").iterdir())  # no temp folders left
 
 
+def test_lock_text_with_bf16_lands_audio_in_text_space(tmp_path):
+    audio, text = make_caches(tmp_path, "train", 400, 1, "linear", seed=0)
+    args = train_args(
+        audio,
+        text,
+        tmp_path / "run",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "64",
+        "--lock-text",
+        "--bf16",
+        "--val-fraction",
+        "0.2",
+    )
+    args.remove("--shared-dim")
+    args.remove("64")
+    assert train_cli.main(args) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["history"][-1]["val"]["text_to_audio"]["R@1"] > 0.8
+    config = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
+    assert config["lock_text"] is True and config["shared_dim"] == config["text_dim"] == 24
+    with pytest.raises(ValueError, match="shared_dim must equal text_dim"):
+        train_cli.main(train_args(audio, text, tmp_path / "bad", "--epochs", "1", "--lock-text"))
+
+
 def test_training_state_has_no_pickle(tmp_path):
     audio, text = make_caches(tmp_path, "train", 64, 1, "linear", seed=0)
     assert train_cli.main(train_args(audio, text, tmp_path / "run", "--epochs", "1", "--batch-size", "32")) == 0
