@@ -24,9 +24,14 @@ class InfoNCELoss(nn.Module):
         all_text: torch.Tensor | None = None,
         offset: int = 0,
     ) -> torch.Tensor:
+        labels = torch.arange(len(audio), device=audio.device) + offset
+        if all_audio is None and all_text is None:
+            # one process: text->audio logits are the transpose of audio->text ones; one matmul instead of two
+            # (and two fewer in backward): a third of a large batch's loss arithmetic
+            logits_a2t = logit_scale * audio.float() @ text.float().T
+            return 0.5 * (F.cross_entropy(logits_a2t, labels) + F.cross_entropy(logits_a2t.T, labels))
         all_audio = audio if all_audio is None else all_audio
         all_text = text if all_text is None else all_text
-        labels = torch.arange(len(audio), device=audio.device) + offset
         logits_a2t = logit_scale * audio.float() @ all_text.float().T
         logits_t2a = logit_scale * text.float() @ all_audio.float().T
         return 0.5 * (F.cross_entropy(logits_a2t, labels) + F.cross_entropy(logits_t2a, labels))
