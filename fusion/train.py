@@ -310,6 +310,7 @@ def train(cfg: TrainConfig) -> Path:
     loss_fn = InfoNCELoss()
     device = accelerator.device
     start_epoch, step = state["epoch"], state["step"]
+    state.update(train_clips=num_clips, batch_pairs=batch, steps_per_epoch=steps_per_epoch, num_processes=world)
     if start_epoch >= cfg.epochs:
         log("%s already trained for %d epochs; nothing to do", out, start_epoch)
         return ckpt_dir
