@@ -1,0 +1,52 @@
+"""Translator: a point of the shared space -> the image model's conditioning (token states / prompt_embeds).
+
+Trained on captions alone (see ``generator.train_translator``): input = caption through the text encoder and
+the text adapter, target = the image model's own text encoding of the same caption. It also carries the image
+model's encoding of the empty prompt, the negative condition for classifier-free guidance.
+
+    tr = Translator(in_dim=384, num_tokens=16, token_dim=384)
+    embeds = tr(shared_points)            # (B, 16, 384)
+    tr.save_pretrained("translator"); Translator.from_pretrained("translator")
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from fusion.adapters import ResidualMLPBlock
+
+
+class Translator(ModelMixin, ConfigMixin):
+    """Residual MLP from S to ``num_tokens x token_dim``, added to a learned mean condition."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_dim: int,
+        num_tokens: int,
+        token_dim: int,
+        num_blocks: int = 2,
+        expansion: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("num_tokens", num_tokens), ("token_dim", token_dim)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, num_tokens * token_dim)
+        self.mean = nn.Parameter(torch.zeros(num_tokens, token_dim))  # mean target, so the MLP learns the residual
+        self.register_buffer("negative", torch.zeros(1, num_tokens, token_dim))  # image model's encoding of ""
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if points.ndim != 2 or points.shape[1] != self.config.in_dim:
+            raise ValueError(f"points must have shape (batch, {self.config.in_dim}), got {tuple(points.shape)}")
+        out = self.proj(self.norm(self.blocks(points)))
+        return self.mean + out.view(-1, self.config.num_tokens, self.config.token_dim)
+
+    def negative_embeds(self, batch: int = 1) -> torch.Tensor:
+        return self.negative.expand(batch, -1, -1)

@@ -1,0 +1,148 @@
+"""Rebuild the embedded default in checkpoints/demo from nothing: the recipe behind the shipped weights.
+
+    .venv/bin/python scripts/make_demo_default.py                 # all steps; each one resumes if re-run
+    .venv/bin/python scripts/make_demo_default.py --skip-image-model --image-model runs/image_model
+
+Steps: build the demo world -> extract Whisper (10 s window) and MiniLM latents for train/val/test and for a caption
+bank (every scene x training template) -> FuseMix with a locked text tower (audio lands in MiniLM space) ->
+translator on the bank captions -> image model -> copy everything a user needs into checkpoints/demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from demoworld import scenes
+from fusemix.cli import main as fusemix
+from fusion.cache import load_latents
+from generator.caption_bank import save_caption_bank
+
+AUDIO_ENCODER = "whisper-tiny.en-10s"
+TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def run(*argv: str) -> None:
+    print("$ fusemix " + " ".join(argv), flush=True)
+    if fusemix(list(argv)) != 0:
+        raise SystemExit(f"step failed: fusemix {' '.join(argv)}")
+
+
+def write_bank_manifest(path: Path) -> None:
+    """Every training-template caption of every scene, both size words: the translator's data and the bank."""
+    lines = []
+    for shape, colour, size, background in scenes.all_attribute_combinations():
+        caps = [
+            scenes.TEMPLATES[t].format(size=w, colour=colour, shape=shape, background=background)
+            for t in scenes.TRAIN_TEMPLATES
+            for w in scenes.SIZE_WORDS[size]
+        ]
+        lines.append(json.dumps({"id": f"{size}_{colour}_{shape}_on_{background}", "captions": caps}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/demo")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default="checkpoints/demo")
+    p.add_argument("--image-model", default=None, help="use this trained image model folder")
+    p.add_argument("--skip-image-model", action="store_true")
+    p.add_argument("--fusemix-epochs", type=int, default=300)
+    a = p.parse_args()
+    data, runs, out = Path(a.data), Path(a.runs), Path(a.out)
+    lat = data / "latents"
+    run("demo", "build", "--out", str(data))
+    for split in ("train", "val", "test"):
+        run(
+            "extract",
+            "--encoder",
+            AUDIO_ENCODER,
+            "--manifest",
+            str(data / f"{split}.jsonl"),
+            "--out",
+            str(lat / f"audio_{split}"),
+        )
+        run(
+            "extract",
+            "--encoder",
+            TEXT_ENCODER,
+            "--manifest",
+            str(data / f"{split}.jsonl"),
+            "--out",
+            str(lat / f"text_{split}"),
+        )
+    write_bank_manifest(data / "bank.jsonl")
+    run("extract", "--encoder", TEXT_ENCODER, "--manifest", str(data / "bank.jsonl"), "--out", str(lat / "text_bank"))
+    run(
+        "train",
+        "--audio-latents",
+        str(lat / "audio_train"),
+        "--text-latents",
+        str(lat / "text_train"),
+        "--out",
+        str(runs / "fusemix"),
+        "--lock-text",
+        "--epochs",
+        str(a.fusemix_epochs),
+        "--resume",
+    )
+    run(
+        "eval",
+        "--checkpoint",
+        str(runs / "fusemix"),
+        "--audio-latents",
+        str(lat / "audio_test"),
+        "--text-latents",
+        str(lat / "text_test"),
+        "--json",
+        str(runs / "fusemix_eval.json"),
+    )
+    run(
+        "train-translator",
+        "--adapters",
+        str(runs / "fusemix" / "checkpoint"),
+        "--text-latents",
+        str(lat / "text_bank"),
+        "--out",
+        str(runs / "translator"),
+    )
+    image_model = Path(a.image_model) if a.image_model else runs / "image_model"
+    if not a.skip_image_model:
+        run("demo", "train-image-model", "--out", str(image_model))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in (("adapters", runs / "fusemix" / "checkpoint"), ("translator", runs / "translator")):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
+    shutil.rmtree(out / "image_model", ignore_errors=True)
+    shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
+    bank = load_latents(lat / "text_bank")
+    save_caption_bank(out / "caption_bank", bank.texts, torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
+    (out / "preset.json").write_text(
+        json.dumps(
+            {
+                "kind": "demo",
+                "audio_encoder": AUDIO_ENCODER,
+                "text_encoder": TEXT_ENCODER,
+                "adapters": "adapters",
+                "translator": "translator",
+                "image_model": "image_model",
+                "caption_bank": "caption_bank",
+                "steps": 20,
+                "guidance": 3.0,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"embedded default written to {out}")
+
+
+if __name__ == "__main__":
+    main()

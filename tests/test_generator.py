@@ -1,0 +1,168 @@
+"""The translator, its training, presets and the audio-to-image pipeline on tiny random Stable Diffusion parts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import tiny_stable_diffusion, tiny_whisper  # noqa: E402
+
+from fusion.adapters import FuseMixAdapters  # noqa: E402
+from fusion.cache import write_latents  # noqa: E402
+from fusion.errors import ModelUnavailableError  # noqa: E402
+from generator.audio_to_image import AudioToImagePipeline, upscale  # noqa: E402
+from generator.caption_bank import save_caption_bank  # noqa: E402
+from generator.presets import load_preset  # noqa: E402
+from generator.train_translator import TranslatorConfig, noisy, train_translator  # noqa: E402
+from generator.translator import Translator  # noqa: E402
+
+CAPTIONS = ["a dog barks", "rain on a roof", "a bell rings", "a car passes", "birds sing", "a door slams"]
+
+
+@pytest.fixture(scope="module")
+def sd_preset(tmp_path_factory) -> Path:
+    """A full preset folder around a tiny random SD pipeline and a tiny Whisper; adapters untrained."""
+    root = tmp_path_factory.mktemp("preset")
+    tiny_whisper(root / "whisper")
+    tiny_stable_diffusion(root / "sd")
+    from fusion.encoders import load_encoder
+
+    text_latents = load_encoder(str(root / "sd")).encode(CAPTIONS)
+    torch.manual_seed(0)
+    FuseMixAdapters(audio_dim=16, text_dim=text_latents.shape[1], shared_dim=24, num_blocks=1).save_pretrained(
+        root / "adapters"
+    )
+    ids = [f"c{i}" for i in range(len(CAPTIONS))]
+    write_latents(
+        root / "text_latents", text_latents, [f"{i}#0" for i in ids], ids, {"modality": "text"}, texts=CAPTIONS
+    )
+    train_translator(
+        TranslatorConfig(
+            adapters=str(root / "adapters"),
+            text_latents=str(root / "text_latents"),
+            out=str(root / "translator"),
+            kind="stable-diffusion",
+            image_model=str(root / "sd"),
+            epochs=3,
+            progress=False,
+        )
+    )
+    save_caption_bank(root / "bank", CAPTIONS, torch.from_numpy(text_latents))
+    (root / "preset.json").write_text(
+        json.dumps(
+            {
+                "kind": "stable-diffusion",
+                "audio_encoder": "whisper",
+                "text_encoder": "sd",
+                "adapters": "adapters",
+                "translator": "translator",
+                "image_model": "sd",
+                "caption_bank": "bank",
+                "steps": 2,
+                "guidance": 2.0,
+            }
+        )
+    )
+    return root
+
+
+def test_translator_saves_loads_and_checks_shapes(tmp_path):
+    torch.manual_seed(0)
+    tr = Translator(in_dim=8, num_tokens=3, token_dim=5).eval()
+    tr.negative.copy_(torch.randn(1, 3, 5))
+    tr.save_pretrained(tmp_path)
+    back = Translator.from_pretrained(tmp_path).eval()
+    x = torch.randn(4, 8)
+    assert torch.equal(tr(x), back(x)) and back(x).shape == (4, 3, 5)
+    assert torch.equal(back.negative_embeds(2), tr.negative.expand(2, -1, -1))
+    with pytest.raises(ValueError, match="points must have shape"):
+        tr(torch.randn(4, 7))
+
+
+def test_noise_keeps_points_on_the_sphere_and_moves_them():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(64, 384), dim=-1)
+    y = noisy(x, 0.05, g)
+    cos = (x * y).sum(-1)
+    assert torch.allclose(y.norm(dim=-1), torch.ones(64), atol=1e-5)
+    assert 0.6 < cos.mean() < 0.95  # 0.05 per dim on 384 dims: cos = 1/sqrt(1 + 384*0.0025) ~ 0.71
+    assert torch.equal(noisy(x, 0.0, g), x)
+
+
+def test_translator_learns_caption_targets(sd_preset, tmp_path):
+    """More epochs fit the image model's own encodings better than the mean alone (relative MSE < 1)."""
+    out = train_translator(
+        TranslatorConfig(
+            adapters=str(sd_preset / "adapters"),
+            text_latents=str(sd_preset / "text_latents"),
+            out=str(tmp_path / "tr"),
+            kind="stable-diffusion",
+            image_model=str(sd_preset / "sd"),
+            epochs=150,
+            batch_size=6,
+            noise=0.0,
+            dropout=0.0,
+            progress=False,
+        )
+    )
+    report = json.loads((out / "translator_config.json").read_text())
+    assert report["num_captions"] == len(CAPTIONS)
+    assert report["relative_mse"] < 0.5
+    tr = Translator.from_pretrained(out)
+    assert (tr.config.num_tokens, tr.config.token_dim) == (77, 32)  # SD prompt_embeds of the tiny CLIP
+
+
+def test_audio_to_image_on_tiny_stable_diffusion(sd_preset):
+    pipe = AudioToImagePipeline.from_preset(str(sd_preset))
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(8000).astype(np.float32) * 0.1, rng.standard_normal(12000).astype(np.float32) * 0.1]
+    out = pipe(waves, seed=3, num_images_per_audio=2, top_k=3)
+    assert len(out.images) == 2 and all(len(imgs) == 2 for imgs in out.images)
+    assert out.images[0][0].size == (16, 16)
+    assert [len(h) for h in out.heard] == [3, 3] and all(c in CAPTIONS for c, _ in out.heard[0])
+    scores = [s for _, s in out.heard[0]]
+    assert scores == sorted(scores, reverse=True)
+    assert out.seeds == [3, 1003] and out.prompts == [None, None]
+    assert set(out.timings) >= {"load_audio", "encode", "translate", "diffusion", "total"}
+    again = pipe(waves[:1], seed=3)
+    assert np.array_equal(np.asarray(again.images[0][0]), np.asarray(out.images[0][0]))  # same seed, same image
+
+    retrieved = pipe(waves[:1], mode="retrieve", seed=3)
+    assert retrieved.prompts[0] == retrieved.heard[0][0][0]
+
+    mixed = pipe(waves[:1], text=CAPTIONS[2], text_weight=1.0, seed=3)
+    assert mixed.heard[0][0][0] == CAPTIONS[2]  # weight 1: the text alone decides what is "heard"
+    assert upscale(out.images[0][0], 64).size == (64, 64)
+
+
+def test_pipeline_rejects_bad_arguments(sd_preset, tmp_path):
+    pipe = AudioToImagePipeline.from_preset(str(sd_preset))
+    wave = np.zeros(4000, np.float32)
+    with pytest.raises(ValueError, match="mode"):
+        pipe([wave], mode="dream")
+    with pytest.raises(ValueError, match="text prompt"):
+        pipe([wave], text_weight=0.5)
+    with pytest.raises(ValueError, match="list"):
+        pipe(wave)
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    from fusion.errors import AudioError
+
+    with pytest.raises(AudioError, match="bad.wav"):
+        pipe([bad])
+
+
+def test_presets_fail_clearly_when_models_are_missing(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        load_preset("sd15")
+    with pytest.raises(ModelUnavailableError, match="no preset"):
+        load_preset(str(tmp_path / "nowhere"))
+    (tmp_path / "preset.json").write_text(json.dumps({"audio_encoder": "whisper-tiny.en"}))
+    with pytest.raises(ModelUnavailableError, match="lacks"):
+        load_preset(str(tmp_path))
