@@ -21,27 +21,52 @@ def _summary(ranks: torch.Tensor, map10: torch.Tensor) -> dict[str, float]:
     return out
 
 
+CHUNK_ELEMENTS = 1 << 24  # temporaries of at most this many elements (64 MiB of float32) per chunk
+
+
+def _row_chunks(num_rows: int, num_cols: int) -> range:
+    return range(0, num_rows, max(1, CHUNK_ELEMENTS // max(1, num_cols)))
+
+
 def text_to_audio_ranks(sim: torch.Tensor, caption_clip: torch.Tensor) -> torch.Tensor:
-    """Rank (1-based) of each caption's clip; ``sim`` is (num_captions, num_clips)."""
-    own = sim.gather(1, caption_clip[:, None])
-    return (sim > own).sum(1) + 1
+    """Rank (1-based) of each caption's clip; ``sim`` is (num_captions, num_clips). Chunked over captions."""
+    num_captions, num_clips = sim.shape
+    ranks = torch.empty(num_captions, dtype=torch.long, device=sim.device)
+    chunks = _row_chunks(num_captions, num_clips)
+    for start in chunks:
+        rows = sim[start : start + chunks.step]
+        own = rows.gather(1, caption_clip[start : start + chunks.step, None])
+        ranks[start : start + chunks.step] = (rows > own).sum(1) + 1
+    return ranks
 
 
 def audio_to_text_best_ranks(sim: torch.Tensor, caption_clip: torch.Tensor) -> torch.Tensor:
-    """Best rank (1-based) among each clip's captions; ``sim`` is (num_captions, num_clips)."""
-    num_clips = sim.shape[1]
-    sim_t = sim.T  # (clips, captions)
-    mask = caption_clip[None, :] == torch.arange(num_clips, device=sim.device)[:, None]
-    best = sim_t.masked_fill(~mask, float("-inf")).amax(1, keepdim=True)
-    return (sim_t > best).sum(1) + 1
+    """Best rank (1-based) among each clip's captions; ``sim`` is (num_captions, num_clips).
+
+    The best rank is 1 + the number of captions scoring strictly above the clip's best own caption, counted in
+    chunks of caption rows: no transposed copy or (clips, captions) mask of the whole matrix.
+    """
+    num_captions, num_clips = sim.shape
+    own = sim.gather(1, caption_clip[:, None])[:, 0]
+    best = torch.full((num_clips,), float("-inf"), dtype=sim.dtype, device=sim.device)
+    best = best.scatter_reduce(0, caption_clip, own, reduce="amax")
+    above = torch.zeros(num_clips, dtype=torch.long, device=sim.device)
+    chunks = _row_chunks(num_captions, num_clips)
+    for start in chunks:
+        above += (sim[start : start + chunks.step] > best).sum(0)
+    return above + 1
 
 
 def audio_to_text_ap10(sim: torch.Tensor, caption_clip: torch.Tensor) -> torch.Tensor:
-    """AP@10 of each clip over its captions."""
-    num_clips = sim.shape[1]
-    k = min(10, sim.shape[0])
-    top = sim.T.topk(k, dim=1).indices  # (clips, k) caption indices
-    relevant = (caption_clip[top] == torch.arange(num_clips, device=sim.device)[:, None]).float()
+    """AP@10 of each clip over its captions (top 10 captions per clip, chunked over clips)."""
+    num_captions, num_clips = sim.shape
+    k = min(10, num_captions)
+    clips = torch.arange(num_clips, device=sim.device)
+    cols = max(1, CHUNK_ELEMENTS // max(1, num_captions))
+    top = torch.cat(
+        [sim[:, c : c + cols].topk(k, dim=0).indices.T for c in range(0, num_clips, cols)]
+    )  # (clips, k) caption indices
+    relevant = (caption_clip[top] == clips[:, None]).float()
     precision = relevant.cumsum(1) / torch.arange(1, k + 1, device=sim.device)
     num_relevant = torch.bincount(caption_clip, minlength=num_clips).clamp(max=10).float()
     return (precision * relevant).sum(1) / num_relevant.clamp(min=1)
