@@ -56,8 +56,8 @@ class BatchConfig:
     num_images_per_audio: int = 1  # images per clip
     seed: int = 0  # job seed; each clip's seed is derived from it and the clip id
     mode: str = "translate"  # "translate" (audio -> conditioning) or "retrieve" (nearest caption as prompt)
-    num_inference_steps: int = 20  # denoising steps
-    guidance_scale: float = 3.0  # classifier-free guidance
+    num_inference_steps: int | None = None  # denoising steps; None: the preset's default
+    guidance_scale: float | None = None  # classifier-free guidance; None: the preset's default
     top_k: int = 5  # nearest captions recorded per clip
     view_size: int = 256  # also write an upscaled <name>_view.png of images smaller than this; 0: never
     progress: bool = True  # show a progress bar
@@ -245,7 +245,7 @@ def _generate(
     which clips share its call (that changes on resume). A bad clip fails alone."""
     for clip in clips:
         seed = clip_seed(config.seed, clip.id)
-        try:
+        try:  # only AudioError is the clip's fault; anything else (bad settings, a model bug) stops the job
             output = pipeline(
                 [clip.audio],
                 mode=config.mode,

@@ -113,6 +113,8 @@ def build_app(pipeline: Any, examples: list[Example] | None = None, max_file_mb:
     """The Blocks of the app around a loaded ``AudioToImagePipeline`` (anything with its call signature)."""
     examples = bundled_examples() if examples is None else examples
     handler = Generator(pipeline)
+    preset = getattr(pipeline, "preset", None)  # the real pipeline knows its model's default steps and guidance
+    default_steps, default_guidance = getattr(preset, "steps", 20), getattr(preset, "guidance", 3.0)
     limits = f"clips up to {pipeline.max_seconds:g} s" + (f", files up to {max_file_mb:g} MB" if max_file_mb else "")
     with gr.Blocks(title="FuseMix: sound to image", analytics_enabled=False) as app:
         gr.Markdown(
@@ -133,8 +135,8 @@ def build_app(pipeline: Any, examples: list[Example] | None = None, max_file_mb:
                     info="translate: the sound steers the image model directly; retrieve: the nearest caption is the prompt",
                 )
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                    guidance = gr.Slider(0.0, 15.0, value=3.0, step=0.5, label="Guidance")
+                    steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps")
+                    guidance = gr.Slider(0.0, 15.0, value=default_guidance, step=0.5, label="Guidance")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed")
