@@ -42,6 +42,9 @@ class ImageModelConfig:
     ema_decay: float = 0.999  # EMA of weights, saved as the model
     checkpoint_every: int = 250  # steps between atomic checkpoints
     seed: int = 0
+    translator: str | None = None  # Translator folder: also train on its outputs, so translated prompts work
+    translated_fraction: float = 0.5  # share of each batch conditioned on translator(noisy caption point) instead
+    translator_noise: float = 0.05  # noise on the caption's shared-space point before translating (as in training it)
     bf16: bool = True  # bf16 autocast on CPU (~1.2x faster)
     progress: bool = True
     device: str = "cpu"
@@ -76,6 +79,19 @@ def render_batch(combo_idx: np.ndarray, rng: np.random.Generator, resolution: in
     return x / 127.5 - 1.0
 
 
+def load_translated_inputs(folder: str, texts: list[str], device: str):
+    """The translator and the shared-space point of every caption (MiniLM pooled latents: the locked text space)."""
+    from fusion.encoders import load_encoder
+    from generator.translator import Translator
+
+    translator = Translator.from_pretrained(folder).to(device).eval()
+    pooled = load_encoder("all-MiniLM-L6-v2", device=device).encode(texts)
+    points = F.normalize(torch.from_numpy(pooled).to(device), dim=-1)
+    if points.shape[1] != translator.config.in_dim:
+        raise ValueError(f"translator {folder} takes dim {translator.config.in_dim}, captions give {points.shape[1]}")
+    return translator, points
+
+
 def lr_at(step: int, cfg: ImageModelConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -93,6 +109,10 @@ def train_image_model(cfg: ImageModelConfig) -> Path:
     logger.info("encoding %d training captions", len(texts))
     bank = encoder(texts).to(cfg.device)
     null = encoder([""]).to(cfg.device)
+
+    translator, points = None, None
+    if cfg.translator:
+        translator, points = load_translated_inputs(cfg.translator, texts, cfg.device)
 
     unet = build_unet(cfg.resolution, encoder.dim, tuple(cfg.widths)).to(cfg.device)
     ema = [p.detach().clone() for p in unet.parameters()]
@@ -118,6 +138,12 @@ def train_image_model(cfg: ImageModelConfig) -> Path:
         cond = bank[pick]
         if cfg.cond_noise > 0:
             cond = cond + cfg.cond_noise * torch.randn_like(cond)
+        if translator is not None:
+            use = torch.from_numpy(rng.random(cfg.batch_size) < cfg.translated_fraction).to(cfg.device)
+            with torch.no_grad():
+                noisy_points = F.normalize(points[pick] + cfg.translator_noise * torch.randn_like(points[pick]), dim=-1)
+                translated = translator(noisy_points)
+            cond = torch.where(use[:, None, None], translated, cond)
         drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.cond_dropout).to(cfg.device)
         cond = torch.where(drop[:, None, None], null.expand_as(cond), cond)
         noise = torch.randn_like(x0)

@@ -79,6 +79,7 @@ def main() -> None:
         )
     write_bank_manifest(data / "bank.jsonl")
     run("extract", "--encoder", TEXT_ENCODER, "--manifest", str(data / "bank.jsonl"), "--out", str(lat / "text_bank"))
+    resume = ["--resume"] if (runs / "fusemix" / "checkpoint").exists() else []
     run(
         "train",
         "--audio-latents",
@@ -90,7 +91,7 @@ def main() -> None:
         "--lock-text",
         "--epochs",
         str(a.fusemix_epochs),
-        "--resume",
+        *resume,
     )
     run(
         "eval",
