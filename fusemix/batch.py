@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -30,6 +31,20 @@ class BatchCommand:
     preset: str  # "demo", a checkpoint folder, or a real model preset such as "sd15"
     device: str  # torch device
     generation: BatchConfig  # generation settings
+
+
+class _LazyPipeline:
+    """Loads the pipeline at its first call."""
+
+    def __init__(self, preset: str, device: str):
+        self.preset, self.device, self.pipeline = preset, device, None
+
+    def __call__(self, audio: list, **kwargs: Any) -> Any:
+        if self.pipeline is None:
+            from generator.audio_to_image import AudioToImagePipeline
+
+            self.pipeline = AudioToImagePipeline.from_preset(self.preset, device=self.device)
+        return self.pipeline(audio, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +91,7 @@ def parse_command(argv: list[str] | None) -> BatchCommand:
 def main(argv: list[str] | None = None) -> int:
     command = parse_command(argv)
     clips = find_clips(command.input)  # fail on a bad input before loading any model
-    from generator.audio_to_image import AudioToImagePipeline
-
-    pipeline = AudioToImagePipeline.from_preset(command.preset, device=command.device)
+    pipeline = _LazyPipeline(command.preset, command.device)  # a re-run with nothing left to do loads no model
     with logging_redirect_tqdm():  # skipped-clip warnings print above the bar, not through it
         summary = run_batch(pipeline, clips, command.out, command.generation)
     print(

@@ -189,6 +189,7 @@ def test_cli_summary_and_exit_codes(fake, folder, tmp_path, monkeypatch, capsys)
     assert presets == [("demo", "cpu")]
     assert batch_cli.main(argv) == 0
     assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert len(presets) == 1  # nothing left to do: no model loaded
     (folder / "bad.flac").write_bytes(b"fLaC" + b"\0" * 40)
     assert batch_cli.main(argv) == 1
     printed = capsys.readouterr().out
