@@ -42,7 +42,7 @@ def clip_tokenizer():
     for ch in string.ascii_lowercase:  # no merges: words are spelled letter by letter
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def tiny_stable_diffusion(folder: Path) -> Path:

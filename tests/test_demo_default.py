@@ -1,0 +1,95 @@
+"""Integration tests on the shipped embedded default (checkpoints/demo): the main job works offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from demoworld import scenes
+from demoworld.judge import judge_image
+from fusemix.cli import main as fusemix
+from generator.audio_to_image import AudioToImagePipeline
+from generator.presets import CHECKPOINTS
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipe() -> AudioToImagePipeline:
+    return AudioToImagePipeline.from_preset("demo")
+
+
+def test_shipped_checkpoints_are_small_and_safetensors_only():
+    files = [p for p in (CHECKPOINTS / "demo").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 50 * 2**20
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    assert any(p.suffix == ".safetensors" for p in files)
+
+
+def test_image_model_answers_text_prompts(pipe):
+    """The shipped image model draws what a held-out-template caption says (judged by pixels)."""
+    rng = np.random.default_rng(7)
+    wanted = [scenes.random_scene(rng) for _ in range(16)]
+    prompts = [scenes.caption(s, scenes.TEST_TEMPLATES[i % 2], rng) for i, s in enumerate(wanted)]
+    images = pipe.image_pipe(
+        prompt=prompts, num_inference_steps=20, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)
+    ).images
+    seen = [judge_image(im) for im in images]
+    for attr in ("background", "colour", "shape"):
+        acc = np.mean([s[attr] == w.attributes()[attr] for s, w in zip(seen, wanted, strict=True)])
+        assert acc >= 0.8, f"{attr} accuracy {acc:.2f} on text prompts"
+
+
+def test_demo_run_writes_images_and_judges_them(tmp_path, capsys):
+    assert fusemix(["demo", "run", "--out", str(tmp_path), "--steps", "10"]) == 0
+    report = json.loads((tmp_path / "judge.json").read_text())
+    n = len((EXAMPLES / "prompts.jsonl").read_text().splitlines())
+    assert len(report["clips"]) == n and len(list(tmp_path.glob("*_0.png"))) == n
+    assert set(report["accuracy"]) == {"background", "colour", "shape"}
+    assert "accuracy:" in capsys.readouterr().out
+
+
+def test_generate_writes_png_view_and_sidecar(tmp_path):
+    clip = sorted(EXAMPLES.glob("*.ogg"))[0]
+    assert (
+        fusemix(
+            [
+                "generate",
+                str(clip),
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "4",
+                "--seed",
+                "5",
+                "--num-images-per-audio",
+                "2",
+            ]
+        )
+        == 0
+    )
+    sidecar = json.loads((tmp_path / f"{clip.stem}_1.json").read_text())
+    assert sidecar["seed"] == 6 and sidecar["audio"] == str(clip)
+    assert len(sidecar["heard"]) == 5 and sidecar["heard"][0]["score"] >= sidecar["heard"][1]["score"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / f"{clip.stem}_0.png").size == (32, 32)
+    assert Image.open(tmp_path / f"{clip.stem}_0_view.png").size == (256, 256)
+
+
+def test_generate_fails_in_one_line_on_bad_input(tmp_path, capsys):
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert fusemix(["generate", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "noise.wav" in err and len(err.splitlines()) == 1
+    assert fusemix(["generate", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert fusemix(["generate", str(bad), "--out", str(tmp_path / "o"), "--preset", "sd15"]) == 1
+    assert "stable-diffusion-v1-5" in capsys.readouterr().err
