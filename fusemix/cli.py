@@ -1,7 +1,7 @@
 """The `fusemix` command: dispatches to one module per subcommand.
 
-    fusemix extract --encoder whisper-tiny.en --manifest clips.jsonl --out latents/audio
-    fusemix --help
+fusemix extract --encoder whisper-tiny.en --manifest clips.jsonl --out latents/audio
+fusemix --help
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def quiet_model_loading() -> None:
+    """Hide transformers'/diffusers' per-weight loading bars; our own bars show progress on long work."""
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        sys.modules["diffusers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors become one line on stderr and exit code 1."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=os.environ.get("FUSEMIX_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[name][0])
+    quiet_model_loading()
     try:
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:

@@ -1,9 +1,9 @@
 """`fusemix demo ACTION`: the demo world's tools.
 
-    fusemix demo build --out data/demo --size small
-    fusemix demo judge --images outputs/demo --manifest outputs/demo/prompts.jsonl
-    fusemix demo train-image-model --data data/demo --out checkpoints/demo/image_model
-    fusemix demo run --out outputs/demo      # what `make demo` runs
+fusemix demo build --out data/demo --size small
+fusemix demo judge --images outputs/demo --manifest outputs/demo/prompts.jsonl
+fusemix demo train-image-model --data data/demo --out checkpoints/demo/image_model
+fusemix demo run --out outputs/demo      # what `make demo` runs
 """
 
 from __future__ import annotations
