@@ -2,11 +2,11 @@
 
 import pytest
 
-from bench import extract, memory, retrieval, train
+from bench import extract, generate, memory, retrieval, train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", [train, retrieval, memory, extract], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [train, retrieval, memory, extract, generate], ids=lambda m: m.__name__)
 def test_quick_run_prints_a_table(module, capsys):
     assert module.main(["--quick"]) == 0
     out = capsys.readouterr().out
