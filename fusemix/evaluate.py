@@ -28,7 +28,17 @@ from fusion.train import find_checkpoint
 
 logger = logging.getLogger(__name__)
 
-ARCH_KEYS = ("shared_dim", "num_blocks", "expansion", "dropout", "lock_text", "audio_adapter")
+ARCH_KEYS = (
+    "shared_dim",
+    "num_blocks",
+    "expansion",
+    "dropout",
+    "lock_text",
+    "audio_adapter",
+    "audio_tokens",
+    "keep",
+    "sparse_mode",
+)
 
 
 @dataclass

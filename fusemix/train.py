@@ -2,6 +2,7 @@
 
     fusemix train --audio-latents latents/audio --text-latents latents/text --out runs/fusemix
     fusemix train ... --out runs/fusemix --resume          # continue after an interruption
+    fusemix train --audio-latents latents/audio_tokens32 ... --audio-adapter sparse --keep 4   # token latents
     accelerate launch --multi_gpu --num_processes 2 -m fusemix train ...   # several processes, data split
         # (on a machine without CUDA this runs CPU processes over gloo; `torchrun --nproc_per_node 2 -m fusemix
         #  train ...` does the same; `accelerate launch --cpu` starts only one process)
@@ -15,6 +16,7 @@ import argparse
 import dataclasses
 
 from fusion.adapters import AUDIO_ADAPTERS
+from fusion.sparse import SPARSE_MODES
 from fusion.train import TrainConfig, train
 
 
@@ -49,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{help_} (default {getattr(defaults, field)})",
         )
     p.add_argument("--audio-adapter", choices=AUDIO_ADAPTERS, default=defaults.audio_adapter, help="audio tower kind")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="sparse adapter: tokens kept per clip (K keeps all; needs a --tokens cache)",
+    )
+    p.add_argument(
+        "--sparse-mode",
+        choices=SPARSE_MODES,
+        default=defaults.sparse_mode,
+        help="sparse adapter: topk (scored selection) or slots (learned query slots)",
+    )
     p.add_argument("--lock-text", action="store_true", help="text tower = identity (audio lands in text space)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")

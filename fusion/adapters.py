@@ -14,10 +14,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from fusion.sparse import SPARSE_MODES, SparsePoolTower
+
 MODALITIES = ("audio", "text")
 TEMPERATURE_INIT = 0.07
 TEMPERATURE_RANGE = (0.001, 0.5)  # the paper's clamp; logit scale = 1 / temperature
-AUDIO_ADAPTERS = ("mlp",)  # kinds of audio tower; see build_audio_tower
+AUDIO_ADAPTERS = ("mlp", "sparse")  # kinds of audio tower; see build_audio_tower
 
 
 class ResidualMLPBlock(nn.Module):
@@ -42,11 +44,31 @@ def build_tower(in_dim: int, out_dim: int, num_blocks: int, expansion: int, drop
 
 
 def build_audio_tower(
-    kind: str, in_dim: int, out_dim: int, num_blocks: int, expansion: int, dropout: float
+    kind: str,
+    in_dim: int,
+    out_dim: int,
+    num_blocks: int,
+    expansion: int,
+    dropout: float,
+    audio_tokens: int | None = None,
+    keep: int | None = None,
+    sparse_mode: str = "topk",
 ) -> nn.Module:
     """The audio tower for ``audio_adapter=kind``; one branch per kind, so a new kind is one ``if``."""
     if kind == "mlp":  # pooled latents (B, D)
+        if audio_tokens is not None or keep is not None:
+            raise ValueError(
+                f"audio_adapter 'mlp' takes pooled latents: audio_tokens and keep must be unset, "
+                f"got audio_tokens={audio_tokens}, keep={keep}"
+            )
         return build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
+    if kind == "sparse":  # token latents (B, K, D); see fusion.sparse
+        if audio_tokens is None or keep is None:
+            raise ValueError(
+                f"audio_adapter 'sparse' needs audio_tokens (K) and keep (k), got audio_tokens={audio_tokens}, "
+                f"keep={keep}"
+            )
+        return SparsePoolTower(in_dim, out_dim, audio_tokens, keep, sparse_mode, num_blocks, expansion, dropout)
     raise ValueError(f"audio_adapter must be one of {AUDIO_ADAPTERS}, got {kind!r}")
 
 
@@ -63,7 +85,11 @@ def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -
 
 
 class FuseMixAdapters(ModelMixin, ConfigMixin):
-    """Audio and text adapter towers (``self.towers["audio"|"text"]``) and a learnable temperature."""
+    """Audio and text adapter towers (``self.towers["audio"|"text"]``) and a learnable temperature.
+
+    ``audio_adapter="sparse"`` takes token latents (B, audio_tokens, D) and keeps ``keep`` of them (fusion.sparse);
+    ``audio_tokens`` in config.json tells the generator how many tokens to ask the audio encoder for (None: pooled).
+    """
 
     @register_to_config
     def __init__(
@@ -76,6 +102,9 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         dropout: float = 0.6,
         lock_text: bool = False,
         audio_adapter: str = "mlp",
+        audio_tokens: int | None = None,
+        keep: int | None = None,
+        sparse_mode: str = "topk",
     ) -> None:
         super().__init__()
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
@@ -88,7 +117,11 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         shared = resolve_shared_dim(shared_dim, text_dim, lock_text)
         self.register_to_config(shared_dim=shared)  # the resolved width, so config.json tells it plainly
         text_tower = nn.Identity() if lock_text else build_tower(text_dim, shared, num_blocks, expansion, dropout)
-        audio_tower = build_audio_tower(audio_adapter, audio_dim, shared, num_blocks, expansion, dropout)
+        if sparse_mode not in SPARSE_MODES:
+            raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {sparse_mode!r}")
+        audio_tower = build_audio_tower(
+            audio_adapter, audio_dim, shared, num_blocks, expansion, dropout, audio_tokens, keep, sparse_mode
+        )
         self.towers = nn.ModuleDict({"audio": audio_tower, "text": text_tower})
         self.temperature = nn.Parameter(torch.tensor(TEMPERATURE_INIT))
 
@@ -113,6 +146,11 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
                 raise ValueError(
                     f"audio_adapter 'mlp' takes pooled latents (batch, dim), got shape {tuple(x.shape)}; "
                     "use a pooled cache"
+                )
+            if modality == "audio" and self.config.audio_adapter == "sparse" and x.ndim != 3:
+                raise ValueError(
+                    f"audio_adapter 'sparse' takes token latents (batch, {self.config.audio_tokens}, dim), got shape "
+                    f"{tuple(x.shape)}; use a cache written with --tokens {self.config.audio_tokens}"
                 )
             out[modality] = nn.functional.normalize(self.towers[modality](x), dim=-1)
         return out

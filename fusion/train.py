@@ -41,6 +41,7 @@ from fusion.evaluate import EvalPairs, evaluate
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 from fusion.pairs import Pairing, pair_by_clip
+from fusion.sparse import SPARSE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class TrainConfig:
     shared_dim: int | None = None  # width of the shared space; None: 512, or text_dim with lock_text
     lock_text: bool = False  # text tower = identity: audio learns to land in the text encoder's own space
     audio_adapter: str = "mlp"  # kind of audio tower (fusion.adapters.AUDIO_ADAPTERS)
+    keep: int | None = None  # sparse adapter: tokens kept of the K in the cache (K keeps all); None for mlp
+    sparse_mode: str = "topk"  # sparse adapter: "topk" (scored selection) or "slots" (keep learned query slots)
     val_fraction: float = 0.0  # share of clips held out to report validation retrieval after each epoch
     bf16: bool = False  # bf16 autocast (CPU or GPU); the loss stays float32
     seed: int = 0  # seeds model init, data order, captions, λ and dropout
@@ -101,6 +104,12 @@ class TrainConfig:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.audio_adapter not in AUDIO_ADAPTERS:
             raise ValueError(f"--audio-adapter must be one of {AUDIO_ADAPTERS}, got {self.audio_adapter!r}")
+        if self.audio_adapter == "sparse" and (self.keep is None or self.keep < 1):
+            raise ValueError(f"--audio-adapter sparse needs --keep k >= 1, got {self.keep}")
+        if self.audio_adapter != "sparse" and self.keep is not None:
+            raise ValueError(f"--keep is for --audio-adapter sparse, got --audio-adapter {self.audio_adapter}")
+        if self.sparse_mode not in SPARSE_MODES:
+            raise ValueError(f"--sparse-mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> float:
@@ -242,6 +251,25 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         raise FusemixError(f"--resume with a different configuration ({diffs}); use the saved values or a new --out")
 
 
+def _check_audio_shape(cfg: TrainConfig, audio: torch.Tensor) -> int | None:
+    """K for the sparse adapter (from the cache), None for mlp; a cache of the wrong kind is a clear error."""
+    if cfg.audio_adapter == "sparse":
+        if audio.ndim != 3:
+            raise FusemixError(
+                f"--audio-adapter sparse needs token latents (clips, K, dim) in {cfg.audio_latents}, got shape "
+                f"{tuple(audio.shape)}; extract them with `fusemix extract --tokens K`"
+            )
+        if cfg.keep > audio.shape[1]:
+            raise FusemixError(f"--keep {cfg.keep} exceeds the {audio.shape[1]} tokens per clip in {cfg.audio_latents}")
+        return int(audio.shape[1])
+    if audio.ndim != 2:
+        raise FusemixError(
+            f"--audio-adapter {cfg.audio_adapter} needs pooled latents (clips, dim) in {cfg.audio_latents}, got shape "
+            f"{tuple(audio.shape)}; use --audio-adapter sparse --keep k for token latents"
+        )
+    return None
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint folder."""
     from accelerate import Accelerator
@@ -269,6 +297,7 @@ def train(cfg: TrainConfig) -> Path:
 
     data = load_train_data(cfg)
     audio_dim, text_dim = data.audio.shape[-1], data.text.shape[-1]
+    audio_tokens = _check_audio_shape(cfg, data.audio)
     num_clips = data.pairing.num_clips
     batch = min(cfg.batch_size, num_clips - num_clips % world)
     local = batch // world
@@ -292,6 +321,9 @@ def train(cfg: TrainConfig) -> Path:
             dropout=cfg.dropout,
             lock_text=cfg.lock_text,
             audio_adapter=cfg.audio_adapter,
+            audio_tokens=audio_tokens,
+            keep=cfg.keep,
+            sparse_mode=cfg.sparse_mode,
         )
         state = {"epoch": 0, "step": 0, "history": []}
     if (model.config.audio_dim, model.config.text_dim) != (audio_dim, text_dim):

@@ -1,0 +1,118 @@
+"""Sparse-pooling audio tower for token-level latents (the Sparse Fusion Transformers idea).
+
+A mean over an encoder's frames blurs the few frames that carry the content. This tower keeps only ``keep`` of the
+K tokens of a clip before anything costly runs on them, so its cost grows with ``keep``, not K:
+
+1. add a learned position embedding to each of the K tokens (so the kept ones remember where they were);
+2. ``topk``: a linear scorer rates every token, the ``keep`` best are kept (in their original order) and each is
+   multiplied by ``sigmoid(score)``, which lets the loss reach the scorer even though top-k itself has no gradient;
+   ``slots``: ``keep`` learned queries cross-attend to all K tokens instead (soft pooling into slots);
+3. one pre-LN transformer block (self-attention + MLP) over the kept tokens;
+4. mean over them, then the usual residual MLP blocks, LayerNorm and projection to the shared space.
+
+``keep = K`` in ``topk`` mode keeps every token (gated, nothing dropped): the "no sparsification" control.
+
+    tower = SparsePoolTower(in_dim=384, out_dim=384, num_tokens=32, keep=4)
+    tower(x)                                   # x: (B, 32, 384) -> (B, 384)
+    tower.select(x)                            # kept tokens (B, 4, 384), indices (B, 4), gates (B, 4)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SPARSE_MODES = ("topk", "slots")
+
+
+def num_heads_for(dim: int, head_dim: int = 64) -> int:
+    """Heads of ``head_dim`` channels when ``dim`` splits evenly into them, else one head."""
+    return dim // head_dim if dim % head_dim == 0 and dim >= head_dim else 1
+
+
+class TokenBlock(nn.Module):
+    """Pre-LN transformer block over a small token set: ``x + attn(LN(x))`` then ``x + MLP(LN(x))``."""
+
+    def __init__(self, dim: int, expansion: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads_for(dim), dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, dim * expansion), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * expansion, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class SparsePoolTower(nn.Module):
+    """(B, K, D) token latents -> (B, out_dim): keep ``keep`` tokens, mix them, pool, then the FuseMix tower."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_tokens: int,
+        keep: int,
+        mode: str = "topk",
+        num_blocks: int = 2,
+        expansion: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from fusion.adapters import build_tower  # local: adapters imports this module
+
+        if mode not in SPARSE_MODES:
+            raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {mode!r}")
+        if num_tokens < 1:
+            raise ValueError(f"audio_tokens must be >= 1, got {num_tokens}")
+        if not 1 <= keep <= num_tokens:
+            raise ValueError(f"keep must be in [1, audio_tokens={num_tokens}], got {keep}")
+        self.num_tokens, self.keep, self.mode = num_tokens, keep, mode
+        self.position = nn.Parameter(torch.zeros(num_tokens, in_dim))
+        nn.init.normal_(self.position, std=0.02)
+        if mode == "topk":
+            self.scorer = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, 1))
+        else:
+            self.slots = nn.Parameter(torch.randn(keep, in_dim) * in_dim**-0.5)
+            self.slot_norm = nn.LayerNorm(in_dim)
+            self.slot_attn = nn.MultiheadAttention(in_dim, num_heads_for(in_dim), dropout=dropout, batch_first=True)
+        self.block = TokenBlock(in_dim, expansion, dropout)
+        self.head = build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) scorer logits of the position-tagged tokens (``topk`` mode)."""
+        if self.mode != "topk":
+            raise ValueError(f"scores() is for sparse_mode 'topk', this tower uses {self.mode!r}")
+        return self.scorer(x + self.position).squeeze(-1)
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The ``keep`` tokens that go on: (kept tokens (B, keep, D), their indices, their gates); slots: no indices."""
+        if x.ndim != 3 or x.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"sparse adapter takes token latents (batch, {self.num_tokens}, dim), got shape {tuple(x.shape)}; "
+                f"use a cache written with --tokens {self.num_tokens}"
+            )
+        tokens = x + self.position
+        if self.mode == "slots":
+            h = self.slot_norm(tokens)
+            query = self.slots.expand(len(x), -1, -1)
+            return self.slot_attn(query, h, h, need_weights=False)[0], None, None
+        logits = self.scorer(tokens).squeeze(-1)  # (B, K)
+        if self.keep == self.num_tokens:
+            index = torch.arange(self.num_tokens, device=x.device).expand(len(x), -1)
+        else:
+            ranking = logits.detach()
+            if self.training:  # Gumbel-top-k: sample k tokens ~ softmax(logits), so unpromising ones get tried
+                ranking = ranking - torch.log(-torch.log(torch.rand_like(ranking).clamp(1e-9, 1.0 - 1e-9)))
+            index = ranking.topk(self.keep, dim=1).indices.sort(dim=1).values  # keep the original order
+        gates = torch.sigmoid(logits.gather(1, index))
+        kept = tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return kept * gates.unsqueeze(-1).to(kept.dtype), index, gates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = self.select(x)[0]
+        return self.head(self.block(kept).mean(dim=1))
