@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fusemix: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file/per-weight loading bars: noise here
     logging.basicConfig(level=os.environ.get("FUSEMIX_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[name][0])
     quiet_model_loading()
