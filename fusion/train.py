@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -42,6 +41,7 @@ from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 from fusion.pairs import Pairing, pair_by_clip
 from fusion.sparse import SPARSE_MODES
+from fusion.train_state import load_optimizer_tensors, optimizer_tensors, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -132,40 +132,13 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> dict:
     """Optimizer tensors to safetensors; returns the JSON-able rest (hyperparameters, scalar state)."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
+    tensors, meta = optimizer_tensors(optimizer)
     save_file(tensors, str(folder / OPTIMIZER_FILE))
-    return {"param_groups": sd["param_groups"], "scalars": scalars}
+    return meta
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, saved: dict) -> None:
-    state: dict[int, dict] = {}
-    for name, value in load_file(str(folder / OPTIMIZER_FILE)).items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in saved["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in saved["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a finished folder in: the old one is kept as ``.NAME.old`` until the new one is in place."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    load_optimizer_tensors(optimizer, load_file(str(folder / OPTIMIZER_FILE)), saved)
 
 
 @dataclass
@@ -425,4 +398,4 @@ def _save_checkpoint(model: FuseMixAdapters, optimizer, scheduler, state: dict, 
     full["scheduler"] = scheduler.state_dict()
     atomic_write_json(tmp / STATE_FILE, full)
     atomic_write_json(tmp / CONFIG_FILE, dataclasses.asdict(cfg))
-    _atomic_replace_dir(tmp, out / CHECKPOINT)
+    replace_dir(tmp, out / CHECKPOINT)

@@ -33,11 +33,13 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         state.setdefault(int(pid), {})[key] = value
     for pid, values in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor],
-                        info: dict) -> None:
+def save_training_state(
+    folder: Path, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor], info: dict
+) -> None:
     """Write optimizer.safetensors, extra.safetensors and state.json into ``folder`` (which must be a fresh temp dir)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = optimizer_tensors(optimizer)
@@ -54,8 +56,8 @@ def load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> tuple
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written ``tmp`` directory into ``final``; a crash leaves ``final`` or ``final.old`` intact."""
-    old = final.with_name(final.name + ".old")
+    """Swap a fully written ``tmp`` directory into ``final``; a crash leaves ``final`` or ``.final.old`` intact."""
+    old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -66,8 +68,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def existing_dir(final: Path) -> Path | None:
-    """The last complete checkpoint directory: ``final``, or ``final.old`` after a crash mid-swap."""
-    old = final.with_name(final.name + ".old")
+    """The last complete checkpoint directory: ``final``, or ``.final.old`` after a crash mid-swap."""
+    old = final.with_name(f".{final.name}.old")
     if final.is_dir():
         return final
     return old if old.is_dir() else None

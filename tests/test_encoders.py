@@ -7,11 +7,16 @@ import json
 import shutil
 import string
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import tiny_whisper  # noqa: E402
 
 from fusion.encoders import ENCODERS, Encoder, load_encoder
 from fusion.encoders import hub as hub_mod
@@ -27,30 +32,8 @@ WORDS = "a red blue green circle square triangle big small the on of is".split()
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=80,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_source_positions=50,  # a 1 s window: 100 mel frames -> 50 encoder frames
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-    )
-    folder = tmp_path_factory.mktemp("whisper")
-    WhisperModel(config).save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=80, chunk_length=1).save_pretrained(folder)
-    return folder
+    """A 1 s-window Whisper: 100 mel frames -> 50 encoder frames."""
+    return tiny_whisper(tmp_path_factory.mktemp("whisper"))
 
 
 @pytest.fixture(scope="module")
