@@ -26,4 +26,8 @@ def main(argv: list[str]) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             raise ValueError(f"unknown demo action {argv[0]!r}")
         return 0 if argv else 2
-    return int(importlib.import_module(ACTIONS[argv[0]][0]).main(argv[1:]) or 0)
+    from fusemix.cli import quiet_model_loading
+
+    module = importlib.import_module(ACTIONS[argv[0]][0])
+    quiet_model_loading()
+    return int(module.main(argv[1:]) or 0)
