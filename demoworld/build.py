@@ -22,7 +22,7 @@ import logging
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +100,9 @@ def scene_counts(size: str | int) -> dict[str, int]:
 
 
 def _scene(combo: tuple[str, str, str, str], rng: np.random.Generator, jitter: float = JITTER) -> scenes.Scene:
-    """A scene of the given attributes, its centre shifted like scenes.random_scene does."""
-    shape, colour, size, background = combo
-    room = jitter if size == "small" else jitter / 3
-    dx, dy = rng.uniform(-room, room, size=2)
-    return scenes.Scene(shape, colour, size, background, round(float(dx), 4), round(float(dy), 4))
+    """A jittered scene of the given attributes, its shift rounded so manifests print it exactly."""
+    scene = scenes.jittered_scene(combo, rng, jitter)
+    return replace(scene, dx=round(scene.dx, 4), dy=round(scene.dy, 4))
 
 
 def plan(config: BuildConfig) -> list[ScenePlan]:

@@ -132,12 +132,32 @@ def render(scene: Scene, resolution: int = 32) -> np.ndarray:
     return np.clip(np.rint(mask * fg + (1 - mask) * bg), 0, 255).astype(np.uint8)
 
 
-def random_scene(rng: np.random.Generator, jitter: float = 0.08) -> Scene:
-    """A uniformly drawn scene, its centre shifted by up to ``jitter`` of the side (large shapes less)."""
-    shape, colour, size, background = all_attribute_combinations()[rng.integers(len(all_attribute_combinations()))]
+def jittered_scene(combo: tuple[str, str, str, str], rng: np.random.Generator, jitter: float = 0.08) -> Scene:
+    """The scene of ``combo``, its centre shifted by up to ``jitter`` of the side (large shapes a third of it)."""
+    shape, colour, size, background = combo
     room = jitter if size == "small" else jitter / 3
     dx, dy = rng.uniform(-room, room, size=2)
     return Scene(shape, colour, size, background, float(dx), float(dy))
+
+
+def random_scene(rng: np.random.Generator, jitter: float = 0.08) -> Scene:
+    """A uniformly drawn scene with a jittered centre."""
+    combos = all_attribute_combinations()
+    return jittered_scene(combos[rng.integers(len(combos))], rng, jitter)
+
+
+def training_captions() -> list[tuple[str, int]]:
+    """Every training-template caption of every scene with both size words, and the index of its combination.
+
+    The image model trains on these; the demo translator and caption bank are built from the same list.
+    """
+    out = []
+    for index, (shape, colour, size, background) in enumerate(all_attribute_combinations()):
+        for template in TRAIN_TEMPLATES:
+            for word in SIZE_WORDS[size]:
+                text = TEMPLATES[template].format(size=word, colour=colour, shape=shape, background=background)
+                out.append((text, index))
+    return out
 
 
 def caption(scene: Scene, template: int, rng: np.random.Generator) -> str:

@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         names = [Path(f).stem for f in files]
         save_outputs(out, names, result, [str(f) for f in files], settings)
-        for name, heard, total in zip(
-            names, result.heard, [result.timings["total"] / len(files)] * len(files), strict=True
-        ):
+        per_clip = result.timings["total"] / len(files)
+        for name, heard in zip(names, result.heard, strict=True):
             top = f"{heard[0][0]!r} ({heard[0][1]:.2f})" if heard else "-"
-            print(f"{name}: heard {top}  [{total:.2f} s/clip]")
+            print(f"{name}: heard {top}  [{per_clip:.2f} s/clip]")
     print(f"images written to {out}/")
     return 0

@@ -77,21 +77,21 @@ class AudioToImagePipeline:
         self.text_encoder = load_encoder(preset.text_encoder, device=device)
         self.adapters = FuseMixAdapters.from_pretrained(preset.adapters).to(device).eval()
         self.translator = Translator.from_pretrained(preset.translator).to(device).eval()
+        if self.translator.config.in_dim != self.adapters.shared_dim:
+            raise ModelUnavailableError(
+                f"translator {preset.translator} takes dim {self.translator.config.in_dim} but adapters "
+                f"{preset.adapters} give {self.adapters.shared_dim}"
+            )
         self.image_pipe = load_image_pipeline(preset, device)
         self.sample_rate = int(self.audio_encoder.sample_rate)
         self.max_seconds = 30.0
-        self.audio_tokens = self.adapters.config.get("audio_tokens") if hasattr(self.adapters.config, "get") else None
+        self.audio_tokens = self.adapters.config.get("audio_tokens")  # K for a sparse adapter, None for mlp
         self.bank_captions: list[str] = []
         self.bank = torch.zeros(0, self.adapters.shared_dim)
         if preset.caption_bank:
             self.bank_captions, latents = load_caption_bank(preset.caption_bank)
             with torch.no_grad():
                 self.bank = self.adapters.encode({"text": latents.to(device)})["text"]
-        if self.translator.config.in_dim != self.adapters.shared_dim:
-            raise ModelUnavailableError(
-                f"translator {preset.translator} takes dim {self.translator.config.in_dim} but adapters "
-                f"{preset.adapters} give {self.adapters.shared_dim}"
-            )
 
     @classmethod
     def from_preset(cls, preset: str = "demo", device: str = "cpu") -> AudioToImagePipeline:

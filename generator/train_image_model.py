@@ -50,31 +50,10 @@ class ImageModelConfig:
     device: str = "cpu"
 
 
-def caption_bank(rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
-    """Every training-template caption of every scene (both size words): texts and the combo index of each."""
-    texts, combo_of = [], []
-    combos = scenes.all_attribute_combinations()
-    for ci, (shape, colour, size, background) in enumerate(combos):
-        scene = scenes.Scene(shape, colour, size, background)
-        for template in scenes.TRAIN_TEMPLATES:
-            for word in scenes.SIZE_WORDS[size]:
-                texts.append(
-                    scenes.TEMPLATES[template].format(size=word, colour=colour, shape=shape, background=background)
-                )
-                combo_of.append(ci)
-        del scene
-    return texts, np.asarray(combo_of)
-
-
 def render_batch(combo_idx: np.ndarray, rng: np.random.Generator, resolution: int) -> torch.Tensor:
-    """Render scenes of the given combos with random jitter, as a (B, 3, R, R) tensor in [-1, 1]."""
+    """Render jittered scenes of the given combinations as a (B, 3, R, R) tensor in [-1, 1]."""
     combos = scenes.all_attribute_combinations()
-    images = []
-    for ci in combo_idx:
-        shape, colour, size, background = combos[int(ci)]
-        room = 0.08 if size == "small" else 0.08 / 3
-        dx, dy = rng.uniform(-room, room, size=2)
-        images.append(scenes.render(scenes.Scene(shape, colour, size, background, float(dx), float(dy)), resolution))
+    images = [scenes.render(scenes.jittered_scene(combos[int(ci)], rng), resolution) for ci in combo_idx]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
@@ -105,7 +84,9 @@ def train_image_model(cfg: ImageModelConfig) -> Path:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     encoder = TokenStateEncoder(max_tokens=MAX_TOKENS, device=cfg.device)
-    texts, combo_of = caption_bank(rng)
+    bank_items = scenes.training_captions()
+    texts = [text for text, _ in bank_items]
+    combo_of = np.asarray([index for _, index in bank_items])
     logger.info("encoding %d training captions", len(texts))
     bank = encoder(texts).to(cfg.device)
     null = encoder([""]).to(cfg.device)

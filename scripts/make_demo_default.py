@@ -35,14 +35,14 @@ def run(*argv: str) -> None:
 
 def write_bank_manifest(path: Path) -> None:
     """Every training-template caption of every scene, both size words: the translator's data and the bank."""
-    lines = []
-    for shape, colour, size, background in scenes.all_attribute_combinations():
-        caps = [
-            scenes.TEMPLATES[t].format(size=w, colour=colour, shape=shape, background=background)
-            for t in scenes.TRAIN_TEMPLATES
-            for w in scenes.SIZE_WORDS[size]
-        ]
-        lines.append(json.dumps({"id": f"{size}_{colour}_{shape}_on_{background}", "captions": caps}))
+    combos = scenes.all_attribute_combinations()
+    by_combo: dict[int, list[str]] = {}
+    for text, index in scenes.training_captions():
+        by_combo.setdefault(index, []).append(text)
+    lines = [
+        json.dumps({"id": "{2}_{1}_{0}_on_{3}".format(*combos[index]), "captions": caps})
+        for index, caps in by_combo.items()
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
