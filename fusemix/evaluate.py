@@ -38,6 +38,9 @@ ARCH_KEYS = (
     "audio_tokens",
     "keep",
     "sparse_mode",
+    "text_adapter",
+    "text_tokens",
+    "text_keep",
 )
 
 

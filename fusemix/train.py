@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from fusion.adapters import AUDIO_ADAPTERS
+from fusion.adapters import AUDIO_ADAPTERS, TEXT_ADAPTERS
 from fusion.sparse import SPARSE_MODES
 from fusion.train import TrainConfig, train
 
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sparse adapter: tokens kept per clip (K keeps all; needs a --tokens cache)",
     )
+    p.add_argument(
+        "--text-adapter",
+        choices=TEXT_ADAPTERS,
+        default=defaults.text_adapter,
+        help="text tower kind; sparse takes token latents and keeps which word goes with which",
+    )
+    p.add_argument("--text-keep", type=int, default=None, help="sparse text adapter: tokens kept per caption")
     p.add_argument(
         "--sparse-mode",
         choices=SPARSE_MODES,

@@ -19,7 +19,9 @@ from fusion.sparse import SPARSE_MODES, SparsePoolTower
 MODALITIES = ("audio", "text")
 TEMPERATURE_INIT = 0.07
 TEMPERATURE_RANGE = (0.001, 0.5)  # the paper's clamp; logit scale = 1 / temperature
-AUDIO_ADAPTERS = ("mlp", "sparse")  # kinds of audio tower; see build_audio_tower
+ADAPTER_KINDS = ("mlp", "sparse")  # kinds of tower: pooled latents (mlp) or token latents (sparse); see build_tower_for
+AUDIO_ADAPTERS = ADAPTER_KINDS  # the CLI's --audio-adapter choices
+TEXT_ADAPTERS = ADAPTER_KINDS  # the CLI's --text-adapter choices
 
 
 class ResidualMLPBlock(nn.Module):
@@ -43,33 +45,33 @@ def build_tower(in_dim: int, out_dim: int, num_blocks: int, expansion: int, drop
     return nn.Sequential(*blocks, nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
 
 
-def build_audio_tower(
+def build_tower_for(
+    modality: str,
     kind: str,
     in_dim: int,
     out_dim: int,
     num_blocks: int,
     expansion: int,
     dropout: float,
-    audio_tokens: int | None = None,
+    tokens: int | None = None,
     keep: int | None = None,
     sparse_mode: str = "topk",
 ) -> nn.Module:
-    """The audio tower for ``audio_adapter=kind``; one branch per kind, so a new kind is one ``if``."""
+    """The ``modality`` tower for adapter ``kind``; one branch per kind, so a new kind is one ``if``."""
     if kind == "mlp":  # pooled latents (B, D)
-        if audio_tokens is not None or keep is not None:
+        if tokens is not None or keep is not None:
             raise ValueError(
-                f"audio_adapter 'mlp' takes pooled latents: audio_tokens and keep must be unset, "
-                f"got audio_tokens={audio_tokens}, keep={keep}"
+                f"{modality}_adapter 'mlp' takes pooled latents: {modality}_tokens and its keep must be unset, "
+                f"got tokens={tokens}, keep={keep}"
             )
         return build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
     if kind == "sparse":  # token latents (B, K, D); see fusion.sparse
-        if audio_tokens is None or keep is None:
+        if tokens is None or keep is None:
             raise ValueError(
-                f"audio_adapter 'sparse' needs audio_tokens (K) and keep (k), got audio_tokens={audio_tokens}, "
-                f"keep={keep}"
+                f"{modality}_adapter 'sparse' needs {modality}_tokens (K) and keep (k), got tokens={tokens}, keep={keep}"
             )
-        return SparsePoolTower(in_dim, out_dim, audio_tokens, keep, sparse_mode, num_blocks, expansion, dropout)
-    raise ValueError(f"audio_adapter must be one of {AUDIO_ADAPTERS}, got {kind!r}")
+        return SparsePoolTower(in_dim, out_dim, tokens, keep, sparse_mode, num_blocks, expansion, dropout)
+    raise ValueError(f"{modality}_adapter must be one of {ADAPTER_KINDS}, got {kind!r}")
 
 
 def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -> int:
@@ -89,6 +91,8 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
 
     ``audio_adapter="sparse"`` takes token latents (B, audio_tokens, D) and keeps ``keep`` of them (fusion.sparse);
     ``audio_tokens`` in config.json tells the generator how many tokens to ask the audio encoder for (None: pooled).
+    ``text_adapter="sparse"`` does the same for text (B, text_tokens, D) with ``text_keep``: token states keep
+    which colour goes with which word, which a mean-pooled sentence vector blurs.
     """
 
     @register_to_config
@@ -105,6 +109,9 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         audio_tokens: int | None = None,
         keep: int | None = None,
         sparse_mode: str = "topk",
+        text_adapter: str = "mlp",
+        text_tokens: int | None = None,
+        text_keep: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
@@ -116,11 +123,20 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         shared = resolve_shared_dim(shared_dim, text_dim, lock_text)
         self.register_to_config(shared_dim=shared)  # the resolved width, so config.json tells it plainly
-        text_tower = nn.Identity() if lock_text else build_tower(text_dim, shared, num_blocks, expansion, dropout)
         if sparse_mode not in SPARSE_MODES:
             raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {sparse_mode!r}")
-        audio_tower = build_audio_tower(
-            audio_adapter, audio_dim, shared, num_blocks, expansion, dropout, audio_tokens, keep, sparse_mode
+        if lock_text and text_adapter != "mlp":
+            raise ValueError(f"lock_text keeps text latents as they are: text_adapter must be 'mlp', got {text_adapter!r}")
+        text_tower = (
+            nn.Identity()
+            if lock_text
+            else build_tower_for(
+                "text", text_adapter, text_dim, shared, num_blocks, expansion, dropout, text_tokens, text_keep,
+                sparse_mode,
+            )
+        )
+        audio_tower = build_tower_for(
+            "audio", audio_adapter, audio_dim, shared, num_blocks, expansion, dropout, audio_tokens, keep, sparse_mode
         )
         self.towers = nn.ModuleDict({"audio": audio_tower, "text": text_tower})
         self.temperature = nn.Parameter(torch.tensor(TEMPERATURE_INIT))
@@ -142,18 +158,35 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
             expected = self.config.audio_dim if modality == "audio" else self.config.text_dim
             if x.shape[-1] != expected:
                 raise ValueError(f"{modality} latents have dim {x.shape[-1]}, the adapter expects {expected}")
-            if modality == "audio" and self.config.audio_adapter == "mlp" and x.ndim != 2:
-                raise ValueError(
-                    f"audio_adapter 'mlp' takes pooled latents (batch, dim), got shape {tuple(x.shape)}; "
-                    "use a pooled cache"
-                )
-            if modality == "audio" and self.config.audio_adapter == "sparse" and x.ndim != 3:
-                raise ValueError(
-                    f"audio_adapter 'sparse' takes token latents (batch, {self.config.audio_tokens}, dim), got shape "
-                    f"{tuple(x.shape)}; use a cache written with --tokens {self.config.audio_tokens}"
-                )
+            self.check_shape(modality, x)
             out[modality] = nn.functional.normalize(self.towers[modality](x), dim=-1)
         return out
+
+    @torch.no_grad()
+    def embed(self, modality: str, latents: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """``encode`` of one modality in chunks, without gradients: for banks of thousands of captions."""
+        if len(latents) == 0:
+            return torch.zeros(0, self.shared_dim)
+        parts = [self.encode({modality: latents[i : i + batch_size]})[modality] for i in range(0, len(latents), batch_size)]
+        return torch.cat(parts)
+
+    def tokens_for(self, modality: str) -> int | None:
+        """K token latents per item that ``modality``'s tower takes, or None for pooled latents."""
+        return self.config.get(f"{modality}_tokens")
+
+    def check_shape(self, modality: str, x: torch.Tensor) -> None:
+        """One clear line when pooled latents meet a token tower or the other way round."""
+        tokens = self.tokens_for(modality)
+        if tokens is None and x.ndim != 2:
+            raise ValueError(
+                f"{modality}_adapter 'mlp' takes pooled latents (batch, dim), got shape {tuple(x.shape)}; "
+                "use a pooled cache"
+            )
+        if tokens is not None and x.ndim != 3:
+            raise ValueError(
+                f"{modality}_adapter 'sparse' takes token latents (batch, {tokens}, dim), got shape "
+                f"{tuple(x.shape)}; use a cache written with --tokens {tokens}"
+            )
 
     def forward(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(audio features, text features, logit scale): what the loss takes."""

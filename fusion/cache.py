@@ -119,3 +119,32 @@ def load_latents(folder: Path, mmap: bool = False) -> Latents:
     if len(ids) != len(array):
         raise FusemixError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
     return Latents(array=array, ids=ids, clip_ids=clip_ids, meta=meta, texts=texts)
+
+
+def concat_latents(sources: list[tuple[str, Path]], out: Path) -> Path:
+    """One cache from several (e.g. two datasets, or two builds of the demo world) as ``(prefix, folder)`` pairs.
+
+    Ids and clip ids get ``prefix`` in front, so clips from different sources never share an id; the caches must
+    agree on encoder, modality and shape. Written whole, atomically, like ``write_latents``.
+    """
+    if not sources:
+        raise ValueError("concat_latents needs at least one source cache")
+    parts = [(prefix, load_latents(Path(folder))) for prefix, folder in sources]
+    first = parts[0][1]
+    for (_, folder), (_, cache) in zip(sources, parts, strict=True):
+        for key in ("encoder", "modality"):
+            if cache.meta.get(key) != first.meta.get(key):
+                raise FusemixError(f"cannot join {folder}: its {key} is {cache.meta.get(key)!r}, not {first.meta.get(key)!r}")
+        if cache.array.shape[1:] != first.array.shape[1:]:
+            raise FusemixError(f"cannot join {folder}: rows of shape {cache.array.shape[1:]}, not {first.array.shape[1:]}")
+    has_texts = all(cache.texts is not None for _, cache in parts)
+    meta = {k: v for k, v in first.meta.items() if k not in ("shards", "count", "dim", "dtype", "failed", "fingerprint")}
+    meta["sources"] = [str(folder) for _, folder in sources]
+    return write_latents(
+        out,
+        np.concatenate([np.asarray(cache.array) for _, cache in parts]),
+        [prefix + i for prefix, cache in parts for i in cache.ids],
+        [prefix + c for prefix, cache in parts for c in cache.clip_ids],
+        meta,
+        texts=[t for _, cache in parts for t in cache.texts] if has_texts else None,
+    )

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from fusion.adapters import AUDIO_ADAPTERS, FuseMixAdapters
+from fusion.adapters import ADAPTER_KINDS, FuseMixAdapters
 from fusion.cache import atomic_write_json, load_latents
 from fusion.errors import FusemixError
 from fusion.evaluate import EvalPairs, evaluate
@@ -76,8 +76,10 @@ class TrainConfig:
     expansion: int = 4  # hidden width of a block = expansion x input dim
     shared_dim: int | None = None  # width of the shared space; None: 512, or text_dim with lock_text
     lock_text: bool = False  # text tower = identity: audio learns to land in the text encoder's own space
-    audio_adapter: str = "mlp"  # kind of audio tower (fusion.adapters.AUDIO_ADAPTERS)
+    audio_adapter: str = "mlp"  # kind of audio tower (fusion.adapters.ADAPTER_KINDS)
     keep: int | None = None  # sparse adapter: tokens kept of the K in the cache (K keeps all); None for mlp
+    text_adapter: str = "mlp"  # kind of text tower; "sparse" takes token latents (extract --tokens K)
+    text_keep: int | None = None  # sparse text adapter: tokens kept of the K in the text cache
     sparse_mode: str = "topk"  # sparse adapter: "topk" (scored selection) or "slots" (keep learned query slots)
     val_fraction: float = 0.0  # share of clips held out to report validation retrieval after each epoch
     bf16: bool = False  # bf16 autocast (CPU or GPU); the loss stays float32
@@ -102,12 +104,18 @@ class TrainConfig:
             raise ValueError("--warmup-steps, --weight-decay, --min-lr and --num-blocks must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.audio_adapter not in AUDIO_ADAPTERS:
-            raise ValueError(f"--audio-adapter must be one of {AUDIO_ADAPTERS}, got {self.audio_adapter!r}")
-        if self.audio_adapter == "sparse" and (self.keep is None or self.keep < 1):
-            raise ValueError(f"--audio-adapter sparse needs --keep k >= 1, got {self.keep}")
-        if self.audio_adapter != "sparse" and self.keep is not None:
-            raise ValueError(f"--keep is for --audio-adapter sparse, got --audio-adapter {self.audio_adapter}")
+        for modality, kind, keep, keep_flag in (
+            ("audio", self.audio_adapter, self.keep, "--keep"),
+            ("text", self.text_adapter, self.text_keep, "--text-keep"),
+        ):
+            if kind not in ADAPTER_KINDS:
+                raise ValueError(f"--{modality}-adapter must be one of {ADAPTER_KINDS}, got {kind!r}")
+            if kind == "sparse" and (keep is None or keep < 1):
+                raise ValueError(f"--{modality}-adapter sparse needs {keep_flag} k >= 1, got {keep}")
+            if kind != "sparse" and keep is not None:
+                raise ValueError(f"{keep_flag} is for --{modality}-adapter sparse, got --{modality}-adapter {kind}")
+        if self.lock_text and self.text_adapter != "mlp":
+            raise ValueError("--lock-text keeps text latents as they are: it takes no --text-adapter sparse")
         if self.sparse_mode not in SPARSE_MODES:
             raise ValueError(f"--sparse-mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}")
 
@@ -155,8 +163,6 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     """Read both caches, pair them by clip id, and hold out ``val_fraction`` of clips (seeded)."""
     audio = load_latents(Path(cfg.audio_latents))
     text = load_latents(Path(cfg.text_latents))
-    if text.array.ndim != 2:
-        raise FusemixError(f"text latents in {cfg.text_latents} must be pooled (rows, dim), got {text.array.shape}")
     pairing = pair_by_clip(audio, text, audio_name=cfg.audio_latents, text_name=cfg.text_latents)
     audio_all = torch.from_numpy(np.asarray(audio.array, dtype=np.float32))
     text_all = torch.from_numpy(np.asarray(text.array, dtype=np.float32))
@@ -224,21 +230,22 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         raise FusemixError(f"--resume with a different configuration ({diffs}); use the saved values or a new --out")
 
 
-def _check_audio_shape(cfg: TrainConfig, audio: torch.Tensor) -> int | None:
-    """K for the sparse adapter (from the cache), None for mlp; a cache of the wrong kind is a clear error."""
-    if cfg.audio_adapter == "sparse":
-        if audio.ndim != 3:
+def _check_shape(modality: str, kind: str, keep: int | None, latents: torch.Tensor, source: str) -> int | None:
+    """K for a sparse tower (from the cache), None for mlp; a cache of the wrong kind is a clear error."""
+    keep_flag = "--keep" if modality == "audio" else "--text-keep"
+    if kind == "sparse":
+        if latents.ndim != 3:
             raise FusemixError(
-                f"--audio-adapter sparse needs token latents (clips, K, dim) in {cfg.audio_latents}, got shape "
-                f"{tuple(audio.shape)}; extract them with `fusemix extract --tokens K`"
+                f"--{modality}-adapter sparse needs token latents (items, K, dim) in {source}, got shape "
+                f"{tuple(latents.shape)}; extract them with `fusemix extract --tokens K`"
             )
-        if cfg.keep > audio.shape[1]:
-            raise FusemixError(f"--keep {cfg.keep} exceeds the {audio.shape[1]} tokens per clip in {cfg.audio_latents}")
-        return int(audio.shape[1])
-    if audio.ndim != 2:
+        if keep > latents.shape[1]:
+            raise FusemixError(f"{keep_flag} {keep} exceeds the {latents.shape[1]} tokens per item in {source}")
+        return int(latents.shape[1])
+    if latents.ndim != 2:
         raise FusemixError(
-            f"--audio-adapter {cfg.audio_adapter} needs pooled latents (clips, dim) in {cfg.audio_latents}, got shape "
-            f"{tuple(audio.shape)}; use --audio-adapter sparse --keep k for token latents"
+            f"--{modality}-adapter {kind} needs pooled latents (items, dim) in {source}, got shape "
+            f"{tuple(latents.shape)}; use --{modality}-adapter sparse {keep_flag} k for token latents"
         )
     return None
 
@@ -270,7 +277,8 @@ def train(cfg: TrainConfig) -> Path:
 
     data = load_train_data(cfg)
     audio_dim, text_dim = data.audio.shape[-1], data.text.shape[-1]
-    audio_tokens = _check_audio_shape(cfg, data.audio)
+    audio_tokens = _check_shape("audio", cfg.audio_adapter, cfg.keep, data.audio, cfg.audio_latents)
+    text_tokens = _check_shape("text", cfg.text_adapter, cfg.text_keep, data.text, cfg.text_latents)
     num_clips = data.pairing.num_clips
     batch = min(cfg.batch_size, num_clips - num_clips % world)
     local = batch // world
@@ -297,6 +305,9 @@ def train(cfg: TrainConfig) -> Path:
             audio_tokens=audio_tokens,
             keep=cfg.keep,
             sparse_mode=cfg.sparse_mode,
+            text_adapter=cfg.text_adapter,
+            text_tokens=text_tokens,
+            text_keep=cfg.text_keep,
         )
         state = {"epoch": 0, "step": 0, "history": []}
     if (model.config.audio_dim, model.config.text_dim) != (audio_dim, text_dim):

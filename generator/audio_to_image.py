@@ -85,13 +85,18 @@ class AudioToImagePipeline:
         self.image_pipe = load_image_pipeline(preset, device)
         self.sample_rate = int(self.audio_encoder.sample_rate)
         self.max_seconds = 30.0
-        self.audio_tokens = self.adapters.config.get("audio_tokens")  # K for a sparse adapter, None for mlp
+        self.audio_tokens = self.adapters.tokens_for("audio")  # K for a sparse adapter, None for mlp
+        self.text_tokens = self.adapters.tokens_for("text")
         self.bank_captions: list[str] = []
         self.bank = torch.zeros(0, self.adapters.shared_dim)
         if preset.caption_bank:
-            self.bank_captions, latents = load_caption_bank(preset.caption_bank)
-            with torch.no_grad():
-                self.bank = self.adapters.encode({"text": latents.to(device)})["text"]
+            self.bank_captions, points = load_caption_bank(preset.caption_bank)
+            if points.shape[1] != self.adapters.shared_dim:
+                raise ModelUnavailableError(
+                    f"caption bank {preset.caption_bank} holds points of dim {points.shape[1]} but adapters "
+                    f"{preset.adapters} map into dim {self.adapters.shared_dim}: rebuild the bank with these adapters"
+                )
+            self.bank = points.to(device)
 
     @classmethod
     def from_preset(cls, preset: str = "demo", device: str = "cpu") -> AudioToImagePipeline:
@@ -130,7 +135,7 @@ class AudioToImagePipeline:
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> torch.Tensor:
-        latents = torch.from_numpy(self.text_encoder.encode(texts)).to(self.device)
+        latents = torch.from_numpy(self.text_encoder.encode(texts, tokens=self.text_tokens)).to(self.device)
         return self.adapters.encode({"text": latents})["text"]
 
     @torch.no_grad()

@@ -1,7 +1,9 @@
-"""A bank of captions with their text latents: "what the model heard" and the prompts of retrieve mode.
+"""A bank of captions with their points in the shared space: "what the model heard" and retrieve mode's prompts.
 
-Stored as ``captions.json`` (list of strings) + ``latents.safetensors`` (``{"latents": (N, text_dim)}``), the
-pooled text-encoder latents; they are mapped into the shared space by the text adapter at load time.
+Stored as ``captions.json`` (list of strings) + ``points.safetensors`` (``{"points": (N, shared_dim)}``, unit
+norm, float16). The points come from the preset's own text adapter, so a bank belongs to one adapters checkpoint
+and is rebuilt with it; storing points rather than encoder latents keeps the bank small when the text tower
+takes token latents (16 x 384 numbers per caption instead of 512).
 """
 
 from __future__ import annotations
@@ -15,26 +17,31 @@ from safetensors.torch import load_file, save_file
 from fusion.cache import atomic_write_json
 from fusion.errors import ModelUnavailableError
 
+POINTS_FILE = "points.safetensors"
 
-def save_caption_bank(folder: Path, captions: list[str], latents: torch.Tensor) -> Path:
-    if len(captions) != len(latents):
-        raise ValueError(f"got {len(captions)} captions but {len(latents)} latents")
+
+def save_caption_bank(folder: Path, captions: list[str], points: torch.Tensor) -> Path:
+    """Write captions and their (unit-norm) shared-space points; see ``FuseMixAdapters.embed``."""
+    if points.ndim != 2 or len(captions) != len(points):
+        raise ValueError(f"need one point (row) per caption: got {len(captions)} captions, points {tuple(points.shape)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.detach().to(torch.float16).contiguous()}, str(folder / "latents.safetensors"))
+    tmp = folder / f".{POINTS_FILE}.tmp"
+    save_file({"points": points.detach().to(torch.float16).contiguous()}, str(tmp))
+    tmp.replace(folder / POINTS_FILE)
     atomic_write_json(folder / "captions.json", list(captions))
     return folder
 
 
 def load_caption_bank(folder: str | Path) -> tuple[list[str], torch.Tensor]:
     folder = Path(folder)
-    if not (folder / "captions.json").is_file() or not (folder / "latents.safetensors").is_file():
-        raise ModelUnavailableError(f"no caption bank at {folder} (captions.json + latents.safetensors)")
+    if not (folder / "captions.json").is_file() or not (folder / POINTS_FILE).is_file():
+        raise ModelUnavailableError(f"no caption bank at {folder} (captions.json + {POINTS_FILE})")
     captions = json.loads((folder / "captions.json").read_text())
-    latents = load_file(str(folder / "latents.safetensors"))["latents"].float()
-    if len(captions) != len(latents):
-        raise ModelUnavailableError(f"caption bank {folder}: {len(captions)} captions but {len(latents)} latents")
-    return captions, latents
+    points = load_file(str(folder / POINTS_FILE))["points"].float()
+    if len(captions) != len(points):
+        raise ModelUnavailableError(f"caption bank {folder}: {len(captions)} captions but {len(points)} points")
+    return captions, torch.nn.functional.normalize(points, dim=-1)
 
 
 def nearest(points: torch.Tensor, bank: torch.Tensor, captions: list[str], k: int) -> list[list[tuple[str, float]]]:

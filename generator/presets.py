@@ -35,7 +35,7 @@ class Preset:
     adapters: str  # FuseMixAdapters folder
     translator: str  # Translator folder
     image_model: str  # diffusers pipeline folder or hub id
-    caption_bank: str | None  # folder with captions.json + embeddings.safetensors ("what it heard", retrieve mode)
+    caption_bank: str | None  # folder with captions.json + points.safetensors ("what it heard", retrieve mode)
     steps: int = 20  # default denoising steps
     guidance: float = 3.0  # default classifier-free guidance scale
 

@@ -59,14 +59,15 @@ def train_translator(cfg: TranslatorConfig) -> Path:
     cache = load_latents(Path(cfg.text_latents))
     if not cache.texts:
         raise FusemixError(f"{cfg.text_latents} holds no caption texts: extract it with a text encoder")
-    if cache.array.ndim != 2:
-        raise FusemixError(f"{cfg.text_latents} holds token latents; the translator needs pooled caption latents")
     adapters = FuseMixAdapters.from_pretrained(cfg.adapters).eval()
+    tokens = adapters.tokens_for("text")
+    if (cache.array.ndim == 3) != (tokens is not None):
+        want = f"token latents (extract --tokens {tokens})" if tokens else "pooled caption latents"
+        raise FusemixError(f"{cfg.text_latents} has shape {cache.array.shape}; the adapters' text tower takes {want}")
     texts = list(dict.fromkeys(cache.texts))  # unique captions, first-seen order
     first = {t: i for i, t in reversed(list(enumerate(cache.texts)))}
     latents = torch.from_numpy(cache.array[[first[t] for t in texts]].astype("float32"))
-    with torch.no_grad():
-        points = adapters.encode({"text": latents})["text"]
+    points = adapters.embed("text", latents)
     logger.info("encoding %d captions with the image model's text encoder", len(texts))
     encode = image_text_encoder(cfg.kind, cfg.image_model, cfg.device)
     targets = encode(texts).cpu()

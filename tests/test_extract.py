@@ -19,7 +19,7 @@ import soundfile as sf
 import fusion.extract as extract_module
 from fusemix.cli import main as cli_main
 from fusion.audio import load_audio
-from fusion.cache import MANIFEST, PROGRESS, load_latents
+from fusion.cache import MANIFEST, PROGRESS, concat_latents, load_latents, write_latents
 from fusion.errors import FusemixError
 from fusion.extract import FAILURES, ExtractConfig, extract
 
@@ -343,3 +343,20 @@ def test_real_encoders_on_spoken_clips(tmp_path):
         anchor @ vectors["a crimson ring over a blue backdrop"]
         > anchor @ vectors["stock markets fell sharply today"] + 0.2
     )
+
+
+def test_concat_latents_prefixes_ids_and_refuses_mismatched_caches(tmp_path):
+    a, b = np.ones((2, 3, 4), np.float32), np.zeros((1, 3, 4), np.float32)
+    meta = {"encoder": "e", "modality": "text"}
+    write_latents(tmp_path / "a", a, ["c0#0", "c1#0"], ["c0", "c1"], meta, texts=["x", "y"])
+    write_latents(tmp_path / "b", b, ["c0#0"], ["c0"], meta, texts=["z"])
+    joined = load_latents(concat_latents([("a/", tmp_path / "a"), ("b/", tmp_path / "b")], tmp_path / "ab"))
+    assert joined.array.shape == (3, 3, 4) and joined.array[:2].sum() == 24 and joined.array[2].sum() == 0
+    assert joined.ids == ["a/c0#0", "a/c1#0", "b/c0#0"] and joined.clip_ids == ["a/c0", "a/c1", "b/c0"]
+    assert joined.texts == ["x", "y", "z"] and joined.meta["tokens"] == 3 and joined.meta["encoder"] == "e"
+    write_latents(tmp_path / "c", np.zeros((1, 4), np.float32), ["c0#0"], ["c0"], meta)
+    with pytest.raises(FusemixError, match="rows of shape"):
+        concat_latents([("a/", tmp_path / "a"), ("c/", tmp_path / "c")], tmp_path / "ac")
+    write_latents(tmp_path / "d", b, ["c0#0"], ["c0"], {**meta, "encoder": "other"})
+    with pytest.raises(FusemixError, match="encoder"):
+        concat_latents([("a/", tmp_path / "a"), ("d/", tmp_path / "d")], tmp_path / "ad")

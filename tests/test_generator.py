@@ -35,9 +35,8 @@ def sd_preset(tmp_path_factory) -> Path:
 
     text_latents = load_encoder(str(root / "sd")).encode(CAPTIONS)
     torch.manual_seed(0)
-    FuseMixAdapters(audio_dim=16, text_dim=text_latents.shape[1], shared_dim=24, num_blocks=1).save_pretrained(
-        root / "adapters"
-    )
+    adapters = FuseMixAdapters(audio_dim=16, text_dim=text_latents.shape[1], shared_dim=24, num_blocks=1).eval()
+    adapters.save_pretrained(root / "adapters")
     ids = [f"c{i}" for i in range(len(CAPTIONS))]
     write_latents(
         root / "text_latents", text_latents, [f"{i}#0" for i in ids], ids, {"modality": "text"}, texts=CAPTIONS
@@ -53,7 +52,7 @@ def sd_preset(tmp_path_factory) -> Path:
             progress=False,
         )
     )
-    save_caption_bank(root / "bank", CAPTIONS, torch.from_numpy(text_latents))
+    save_caption_bank(root / "bank", CAPTIONS, adapters.embed("text", torch.from_numpy(text_latents)))
     (root / "preset.json").write_text(
         json.dumps(
             {

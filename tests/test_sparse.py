@@ -179,3 +179,68 @@ def test_trainer_refuses_mismatched_caches(tmp_path):
         train_cli.main(
             [*args, "--audio-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "d")] + ["--keep", "2"]
         )
+
+
+def write_order_matters(root: Path, split: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Captions of two words (a, b) whose order matters: "red on blue" is not "blue on red".
+
+    Text token states are word vector + position vector (as in a BERT-style encoder) at positions 0 and 1, so the
+    mean over tokens is the same for (a, b) and (b, a); the audio latent encodes the ordered pair. Also writes the
+    token mean as a pooled text cache.
+    """
+    fixed = np.random.default_rng(99)
+    words, positions = fixed.standard_normal((4, 8)), fixed.standard_normal((4, 8))
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, 4, (n, 2))
+    tokens = np.zeros((n, 4, 8))
+    tokens[:, 0], tokens[:, 1] = words[pairs[:, 0]], words[pairs[:, 1]]
+    tokens += positions
+    tokens += 0.05 * rng.standard_normal(tokens.shape)
+    audio = np.concatenate([np.eye(4)[pairs[:, 0]], np.eye(4)[pairs[:, 1]]], 1) + 0.1 * rng.standard_normal((n, 8))
+    ids = [f"{split}-{i}" for i in range(n)]
+    caption_ids = [f"{i}#0" for i in ids]
+    write_latents(root / split / "audio", audio.astype(np.float32), ids, ids, {"modality": "audio"})
+    for name, array in (("tokens", tokens), ("mean", tokens.mean(1))):
+        write_latents(root / split / name, array.astype(np.float32), caption_ids, ids, {"modality": "text"}, texts=ids)
+    return {"pairs": pairs, "audio": audio, "tokens": tokens, "mean": tokens.mean(1)}
+
+
+@pytest.mark.slow
+def test_token_text_tower_keeps_word_order_that_mean_pooling_loses(tmp_path):
+    write_order_matters(tmp_path, "train", 384, seed=0)
+    test = write_order_matters(tmp_path, "test", 200, seed=1)
+    pairs = test["pairs"]
+    common = "--epochs 60 --batch-size 128 --lr 2e-3 --warmup-steps 10 --dropout 0 --num-blocks 1 --expansion 2"
+    common += " --shared-dim 32 --no-progress"
+    accuracy = {}
+    for name, extra in [("mean", []), ("tokens", ["--text-adapter", "sparse", "--text-keep", "4"])]:
+        out = tmp_path / name
+        args = ["--audio-latents", str(tmp_path / "train" / "audio"), "--text-latents", str(tmp_path / "train" / name)]
+        assert train_cli.main([*args, "--out", str(out), *common.split(), *extra]) == 0
+        model = FuseMixAdapters.from_pretrained(out / "checkpoint").eval()
+        text = model.embed("text", torch.from_numpy(test[name]).float())
+        best = (text @ model.embed("audio", torch.from_numpy(test["audio"]).float()).T).argmax(1).numpy()
+        accuracy[name] = float((pairs[best] == pairs).all(1).mean())  # the top audio has the same ordered pair
+    assert model.config.text_tokens == 4 and model.tokens_for("text") == 4
+    assert accuracy["tokens"] > 0.9, accuracy
+    assert accuracy["mean"] < 0.8, accuracy
+
+
+def test_text_tower_arguments_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="text_adapter 'sparse' needs text_tokens"):
+        FuseMixAdapters(audio_dim=4, text_dim=4, text_adapter="sparse", text_keep=2)
+    with pytest.raises(ValueError, match="lock_text"):
+        FuseMixAdapters(audio_dim=4, text_dim=4, lock_text=True, text_adapter="sparse", text_tokens=4, text_keep=2)
+    model = FuseMixAdapters(audio_dim=4, text_dim=4, text_adapter="sparse", text_tokens=4, text_keep=4)
+    with pytest.raises(ValueError, match="text_adapter 'sparse' takes token latents"):
+        model.encode({"text": torch.randn(2, 4)})
+    write_order_matters(tmp_path, "train", 8, seed=0)
+    args = ["--audio-latents", str(tmp_path / "train" / "audio"), "--epochs", "1", "--no-progress"]
+    with pytest.raises(FusemixError, match="--text-adapter sparse needs token latents"):
+        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "a")]
+                       + ["--text-adapter", "sparse", "--text-keep", "2"])
+    with pytest.raises(FusemixError, match="--text-adapter mlp needs pooled latents"):
+        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="--text-keep is for"):
+        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
+                       + ["--text-keep", "2"])
