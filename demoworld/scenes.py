@@ -166,7 +166,9 @@ def caption(scene: Scene, template: int, rng: np.random.Generator) -> str:
         raise ValueError(f"template must be in [0, {len(TEMPLATES)}), got {template}")
     words = SIZE_WORDS[scene.size]
     size_word = words[int(rng.integers(len(words)))]
-    return TEMPLATES[template].format(size=size_word, colour=scene.colour, shape=scene.shape, background=scene.background)
+    return TEMPLATES[template].format(
+        size=size_word, colour=scene.colour, shape=scene.shape, background=scene.background
+    )
 
 
 def parse_caption(text: str) -> dict[str, str]:
@@ -181,8 +183,10 @@ def parse_caption(text: str) -> dict[str, str]:
     for i, w in colours:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         prev = words[i - 1] if i > 0 else ""
-        is_bg = nxt in ("background", "backdrop", "scene") or prev in ("is", "against") or (
-            prev == "on" and nxt not in SHAPES
+        is_bg = (
+            nxt in ("background", "backdrop", "scene")
+            or prev in ("is", "against")
+            or (prev == "on" and nxt not in SHAPES)
         )
         if is_bg and "background" not in found:
             found["background"] = w

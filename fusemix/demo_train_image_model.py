@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> tuple[ImageModelConfig, bool]:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--translator", default=None, help="also train on this translator's outputs (robust to them)")
+    p.add_argument(
+        "--adapters", default=None, help="FuseMix adapters the translator was trained with (default: locked MiniLM)"
+    )
     p.add_argument("--translated-fraction", type=float, default=d.translated_fraction)
     p.add_argument("--translator-noise", type=float, default=d.translator_noise)
     p.add_argument("--device", default=d.device)

@@ -126,12 +126,22 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         if sparse_mode not in SPARSE_MODES:
             raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {sparse_mode!r}")
         if lock_text and text_adapter != "mlp":
-            raise ValueError(f"lock_text keeps text latents as they are: text_adapter must be 'mlp', got {text_adapter!r}")
+            raise ValueError(
+                f"lock_text keeps text latents as they are: text_adapter must be 'mlp', got {text_adapter!r}"
+            )
         text_tower = (
             nn.Identity()
             if lock_text
             else build_tower_for(
-                "text", text_adapter, text_dim, shared, num_blocks, expansion, dropout, text_tokens, text_keep,
+                "text",
+                text_adapter,
+                text_dim,
+                shared,
+                num_blocks,
+                expansion,
+                dropout,
+                text_tokens,
+                text_keep,
                 sparse_mode,
             )
         )
@@ -167,7 +177,9 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         """``encode`` of one modality in chunks, without gradients: for banks of thousands of captions."""
         if len(latents) == 0:
             return torch.zeros(0, self.shared_dim)
-        parts = [self.encode({modality: latents[i : i + batch_size]})[modality] for i in range(0, len(latents), batch_size)]
+        parts = [
+            self.encode({modality: latents[i : i + batch_size]})[modality] for i in range(0, len(latents), batch_size)
+        ]
         return torch.cat(parts)
 
     def tokens_for(self, modality: str) -> int | None:

@@ -77,8 +77,9 @@ class Latents:
         return len(self.ids)
 
 
-def write_latents(out: Path, array: np.ndarray, ids: list[str], clip_ids: list[str], meta: dict,
-                  texts: list[str] | None = None) -> Path:
+def write_latents(
+    out: Path, array: np.ndarray, ids: list[str], clip_ids: list[str], meta: dict, texts: list[str] | None = None
+) -> Path:
     """Write a whole cache in one shard (tests, synthetic data, small jobs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,11 @@ def write_latents(out: Path, array: np.ndarray, ids: list[str], clip_ids: list[s
     atomic_save_npy(out / shard_name(0), array)
     manifest = dict(meta)
     manifest.update(
-        dim=int(array.shape[-1]), dtype=str(array.dtype), count=len(ids), ids=list(ids), clip_ids=list(clip_ids),
+        dim=int(array.shape[-1]),
+        dtype=str(array.dtype),
+        count=len(ids),
+        ids=list(ids),
+        clip_ids=list(clip_ids),
         shards=[{"file": shard_name(0), "count": len(ids)}],
     )
     manifest.setdefault("tokens", int(array.shape[1]) if array.ndim == 3 else None)
@@ -112,7 +117,9 @@ def load_latents(folder: Path, mmap: bool = False) -> Latents:
             raise FusemixError(f"latent cache {folder} is missing shard {shard['file']}")
         part = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if len(part) != shard["count"]:
-            raise FusemixError(f"latent cache {folder}: {shard['file']} holds {len(part)} rows, manifest says {shard['count']}")
+            raise FusemixError(
+                f"latent cache {folder}: {shard['file']} holds {len(part)} rows, manifest says {shard['count']}"
+            )
         parts.append(part)
     array = parts[0] if len(parts) == 1 else np.concatenate(parts)
     ids, clip_ids, texts = meta.pop("ids"), meta.pop("clip_ids"), meta.pop("texts", None)
@@ -134,11 +141,17 @@ def concat_latents(sources: list[tuple[str, Path]], out: Path) -> Path:
     for (_, folder), (_, cache) in zip(sources, parts, strict=True):
         for key in ("encoder", "modality"):
             if cache.meta.get(key) != first.meta.get(key):
-                raise FusemixError(f"cannot join {folder}: its {key} is {cache.meta.get(key)!r}, not {first.meta.get(key)!r}")
+                raise FusemixError(
+                    f"cannot join {folder}: its {key} is {cache.meta.get(key)!r}, not {first.meta.get(key)!r}"
+                )
         if cache.array.shape[1:] != first.array.shape[1:]:
-            raise FusemixError(f"cannot join {folder}: rows of shape {cache.array.shape[1:]}, not {first.array.shape[1:]}")
+            raise FusemixError(
+                f"cannot join {folder}: rows of shape {cache.array.shape[1:]}, not {first.array.shape[1:]}"
+            )
     has_texts = all(cache.texts is not None for _, cache in parts)
-    meta = {k: v for k, v in first.meta.items() if k not in ("shards", "count", "dim", "dtype", "failed", "fingerprint")}
+    meta = {
+        k: v for k, v in first.meta.items() if k not in ("shards", "count", "dim", "dtype", "failed", "fingerprint")
+    }
     meta["sources"] = [str(folder) for _, folder in sources]
     return write_latents(
         out,

@@ -23,7 +23,9 @@ POINTS_FILE = "points.safetensors"
 def save_caption_bank(folder: Path, captions: list[str], points: torch.Tensor) -> Path:
     """Write captions and their (unit-norm) shared-space points; see ``FuseMixAdapters.embed``."""
     if points.ndim != 2 or len(captions) != len(points):
-        raise ValueError(f"need one point (row) per caption: got {len(captions)} captions, points {tuple(points.shape)}")
+        raise ValueError(
+            f"need one point (row) per caption: got {len(captions)} captions, points {tuple(points.shape)}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{POINTS_FILE}.tmp"

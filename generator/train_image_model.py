@@ -43,6 +43,7 @@ class ImageModelConfig:
     checkpoint_every: int = 250  # steps between atomic checkpoints
     seed: int = 0
     translator: str | None = None  # Translator folder: also train on its outputs, so translated prompts work
+    adapters: str | None = None  # FuseMix adapters whose text tower gives the translator's inputs; None: locked MiniLM
     translated_fraction: float = 0.5  # share of each batch conditioned on translator(noisy caption point) instead
     translator_noise: float = 0.05  # noise on the caption's shared-space point before translating (as in training it)
     bf16: bool = True  # bf16 autocast on CPU (~1.2x faster)
@@ -58,16 +59,26 @@ def render_batch(combo_idx: np.ndarray, rng: np.random.Generator, resolution: in
     return x / 127.5 - 1.0
 
 
-def load_translated_inputs(folder: str, texts: list[str], device: str):
-    """The translator and the shared-space point of every caption (MiniLM pooled latents: the locked text space)."""
+def load_translated_inputs(folder: str, texts: list[str], device: str, adapters: str | None = None):
+    """The translator and the shared-space point of every caption: through ``adapters``' text tower when given
+    (token latents if it takes them), else MiniLM's pooled latents (the locked text space)."""
+    from fusion.adapters import FuseMixAdapters
     from fusion.encoders import load_encoder
     from generator.translator import Translator
 
     translator = Translator.from_pretrained(folder).to(device).eval()
-    pooled = load_encoder("all-MiniLM-L6-v2", device=device).encode(texts)
-    points = F.normalize(torch.from_numpy(pooled).to(device), dim=-1)
+    text_encoder = load_encoder("all-MiniLM-L6-v2", device=device)
+    if adapters is None:
+        points = F.normalize(torch.from_numpy(text_encoder.encode(texts)).to(device), dim=-1)
+    else:
+        model = FuseMixAdapters.from_pretrained(adapters).to(device).eval()
+        latents = text_encoder.encode(texts, tokens=model.tokens_for("text"))
+        points = model.embed("text", torch.from_numpy(latents).to(device))
     if points.shape[1] != translator.config.in_dim:
-        raise ValueError(f"translator {folder} takes dim {translator.config.in_dim}, captions give {points.shape[1]}")
+        raise ValueError(
+            f"translator {folder} takes dim {translator.config.in_dim}, captions give {points.shape[1]}"
+            + ("" if adapters else "; pass the adapters it was trained with (--adapters)")
+        )
     return translator, points
 
 
@@ -93,7 +104,7 @@ def train_image_model(cfg: ImageModelConfig) -> Path:
 
     translator, points = None, None
     if cfg.translator:
-        translator, points = load_translated_inputs(cfg.translator, texts, cfg.device)
+        translator, points = load_translated_inputs(cfg.translator, texts, cfg.device, cfg.adapters)
 
     unet = build_unet(cfg.resolution, encoder.dim, tuple(cfg.widths)).to(cfg.device)
     ema = [p.detach().clone() for p in unet.parameters()]

@@ -29,21 +29,32 @@ ATTRS = ("background", "colour", "shape", "size")
 CONDITIONS = ("text", "text-translated", "audio", "audio-retrieve")
 
 
-def generate(pipe: AudioToImagePipeline, condition: str, items: list[dict], root: Path, steps: int, guidance: float,
-             seed: int):
+def generate(
+    pipe: AudioToImagePipeline, condition: str, items: list[dict], root: Path, steps: int, guidance: float, seed: int
+):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(items))]
     captions = [it["caption"] for it in items]
     if condition == "text":
-        return pipe.image_pipe(prompt=captions, num_inference_steps=steps, guidance_scale=guidance,
-                               generator=gens).images
+        return pipe.image_pipe(
+            prompt=captions, num_inference_steps=steps, guidance_scale=guidance, generator=gens
+        ).images
     if condition == "text-translated":
         points = pipe.embed_text(captions)
-        return pipe.image_pipe(prompt_embeds=pipe.translator(points),
-                               negative_prompt_embeds=pipe.translator.negative_embeds(len(items)),
-                               num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
+        return pipe.image_pipe(
+            prompt_embeds=pipe.translator(points),
+            negative_prompt_embeds=pipe.translator.negative_embeds(len(items)),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+        ).images
     mode = "translate" if condition == "audio" else "retrieve"
-    out = pipe([str(root / it["audio"]) for it in items], mode=mode, num_inference_steps=steps,
-               guidance_scale=guidance, seed=seed)
+    out = pipe(
+        [str(root / it["audio"]) for it in items],
+        mode=mode,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+    )
     return [imgs[0] for imgs in out.images]
 
 
@@ -81,8 +92,10 @@ def main() -> None:
     for cond, r in results.items():
         print(f"{cond:<16}" + "".join(f"{r[k]:>12.3f}" for k in ATTRS) + f"{r['seconds']:>10.1f}")
     if a.json:
-        atomic_write_json(Path(a.json), {"split": a.split, "count": len(items), "steps": a.steps,
-                                         "guidance": a.guidance, "results": results})
+        atomic_write_json(
+            Path(a.json),
+            {"split": a.split, "count": len(items), "steps": a.steps, "guidance": a.guidance, "results": results},
+        )
 
 
 if __name__ == "__main__":

@@ -3,11 +3,9 @@
     .venv/bin/python scripts/make_demo_default.py                 # all steps; each one resumes if re-run
     .venv/bin/python scripts/make_demo_default.py --skip-image-model --image-model runs/image_model
 
-Steps: build the demo world, and a second one (another seed) whose training split triples the training clips ->
-extract Whisper (10 s window, 32 tokens per clip) and MiniLM token states (16 per caption) for train/val/test and
-for a caption bank (every scene x training template) -> FuseMix with token-level towers on both sides (sparse
-pooling: S keeps which colour belongs to the shape and which to the background) -> translator on the bank captions
--> image model -> copy everything a user needs into checkpoints/demo, with the bank's points in S.
+Steps: build the demo world -> extract Whisper (10 s window) and MiniLM latents for train/val/test and for a caption
+bank (every scene x training template) -> FuseMix with a locked text tower (audio lands in MiniLM space) ->
+translator on the bank captions -> image model -> copy everything a user needs into checkpoints/demo.
 """
 
 from __future__ import annotations
@@ -23,14 +21,11 @@ import torch
 from demoworld import scenes
 from fusemix.cli import main as fusemix
 from fusion.adapters import FuseMixAdapters
-from fusion.cache import concat_latents, load_latents
+from fusion.cache import load_latents
 from generator.caption_bank import save_caption_bank
 
 AUDIO_ENCODER = "whisper-tiny.en-10s"
 TEXT_ENCODER = "all-MiniLM-L6-v2"
-AUDIO_TOKENS = "32"
-TEXT_TOKENS = "16"
-EXTRA_WORLD = {"size": "4600", "seed": "1"}  # 3000 scenes -> 6000 more training clips (its val/test go unused)
 
 
 def run(*argv: str) -> None:
@@ -63,33 +58,62 @@ def main() -> None:
     a = p.parse_args()
     data, runs, out = Path(a.data), Path(a.runs), Path(a.out)
     lat = data / "latents"
-    extra = Path(str(data) + "_extra")
     run("demo", "build", "--out", str(data))
-    run("demo", "build", "--out", str(extra), "--size", EXTRA_WORLD["size"], "--seed", EXTRA_WORLD["seed"])
-    jobs = [(data, split, lat) for split in ("train", "val", "test")] + [(extra, "train", extra / "latents")]
-    for world, split, folder in jobs:
-        manifest = str(world / f"{split}.jsonl")
-        run("extract", "--encoder", AUDIO_ENCODER, "--tokens", AUDIO_TOKENS, "--manifest", manifest,
-            "--out", str(folder / f"audio_tokens{AUDIO_TOKENS}_{split}"))  # fmt: skip
-        run("extract", "--encoder", TEXT_ENCODER, "--tokens", TEXT_TOKENS, "--manifest", manifest,
-            "--out", str(folder / f"text_tokens{TEXT_TOKENS}_{split}"))  # fmt: skip
+    for split in ("train", "val", "test"):
+        run(
+            "extract",
+            "--encoder",
+            AUDIO_ENCODER,
+            "--manifest",
+            str(data / f"{split}.jsonl"),
+            "--out",
+            str(lat / f"audio_{split}"),
+        )
+        run(
+            "extract",
+            "--encoder",
+            TEXT_ENCODER,
+            "--manifest",
+            str(data / f"{split}.jsonl"),
+            "--out",
+            str(lat / f"text_{split}"),
+        )
     write_bank_manifest(data / "bank.jsonl")
-    bank_latents = lat / f"text_tokens{TEXT_TOKENS}_bank"
-    run("extract", "--encoder", TEXT_ENCODER, "--tokens", TEXT_TOKENS, "--manifest", str(data / "bank.jsonl"),
-        "--out", str(bank_latents))  # fmt: skip
-    train = {}
-    for kind, tokens in (("audio", AUDIO_TOKENS), ("text", TEXT_TOKENS)):
-        name = f"{kind}_tokens{tokens}_train"
-        train[kind] = concat_latents([("", lat / name), ("extra-", extra / "latents" / name)], lat / f"{name}_all")
+    run("extract", "--encoder", TEXT_ENCODER, "--manifest", str(data / "bank.jsonl"), "--out", str(lat / "text_bank"))
     resume = ["--resume"] if (runs / "fusemix" / "checkpoint").exists() else []
-    run("train", "--audio-latents", str(train["audio"]), "--text-latents", str(train["text"]),
-        "--out", str(runs / "fusemix"), "--audio-adapter", "sparse", "--keep", AUDIO_TOKENS,
-        "--text-adapter", "sparse", "--text-keep", TEXT_TOKENS, "--dropout", "0.1", "--batch-size", "512",
-        "--epochs", str(a.fusemix_epochs), *resume)  # fmt: skip
-    run("eval", "--checkpoint", str(runs / "fusemix"), "--audio-latents", str(lat / f"audio_tokens{AUDIO_TOKENS}_test"),
-        "--text-latents", str(lat / f"text_tokens{TEXT_TOKENS}_test"), "--json", str(runs / "fusemix_eval.json"))  # fmt: skip
-    run("train-translator", "--adapters", str(runs / "fusemix" / "checkpoint"), "--text-latents", str(bank_latents),
-        "--out", str(runs / "translator"))  # fmt: skip
+    run(
+        "train",
+        "--audio-latents",
+        str(lat / "audio_train"),
+        "--text-latents",
+        str(lat / "text_train"),
+        "--out",
+        str(runs / "fusemix"),
+        "--lock-text",
+        "--epochs",
+        str(a.fusemix_epochs),
+        *resume,
+    )
+    run(
+        "eval",
+        "--checkpoint",
+        str(runs / "fusemix"),
+        "--audio-latents",
+        str(lat / "audio_test"),
+        "--text-latents",
+        str(lat / "text_test"),
+        "--json",
+        str(runs / "fusemix_eval.json"),
+    )
+    run(
+        "train-translator",
+        "--adapters",
+        str(runs / "fusemix" / "checkpoint"),
+        "--text-latents",
+        str(lat / "text_bank"),
+        "--out",
+        str(runs / "translator"),
+    )
     image_model = Path(a.image_model) if a.image_model else runs / "image_model"
     if not a.skip_image_model:
         run("demo", "train-image-model", "--out", str(image_model))
@@ -100,7 +124,7 @@ def main() -> None:
         shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
     shutil.rmtree(out / "image_model", ignore_errors=True)
     shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
-    bank = load_latents(bank_latents)
+    bank = load_latents(lat / "text_bank")
     adapters = FuseMixAdapters.from_pretrained(out / "adapters").eval()
     points = adapters.embed("text", torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
     save_caption_bank(out / "caption_bank", bank.texts, points)

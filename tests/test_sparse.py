@@ -237,10 +237,14 @@ def test_text_tower_arguments_fail_clearly(tmp_path):
     write_order_matters(tmp_path, "train", 8, seed=0)
     args = ["--audio-latents", str(tmp_path / "train" / "audio"), "--epochs", "1", "--no-progress"]
     with pytest.raises(FusemixError, match="--text-adapter sparse needs token latents"):
-        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "a")]
-                       + ["--text-adapter", "sparse", "--text-keep", "2"])
+        train_cli.main(
+            [*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "a")]
+            + ["--text-adapter", "sparse", "--text-keep", "2"]
+        )
     with pytest.raises(FusemixError, match="--text-adapter mlp needs pooled latents"):
         train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
     with pytest.raises(ValueError, match="--text-keep is for"):
-        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
-                       + ["--text-keep", "2"])
+        train_cli.main(
+            [*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
+            + ["--text-keep", "2"]
+        )

@@ -1,0 +1,142 @@
+"""The token-tower variant of the demo default (not shipped yet: see README, "How good it is").
+
+    .venv/bin/python scripts/make_token_towers.py --out runs/preset_tokens --image-model checkpoints/demo/image_model \
+        --skip-image-model --runs runs/tokens
+    .venv/bin/python scripts/eval_demo_generation.py --preset runs/preset_tokens --limit 200
+
+Steps: build the demo world, and a second one (another seed) whose training split triples the training clips ->
+extract Whisper (10 s window, 32 tokens per clip) and MiniLM token states (16 per caption) for train/val/test and
+for a caption bank (every scene x training template) -> FuseMix with token-level towers on both sides (sparse
+pooling: S keeps which colour belongs to the shape and which to the background) -> translator on the bank captions
+-> image model -> copy everything a user needs into checkpoints/demo, with the bank's points in S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from demoworld import scenes
+from fusemix.cli import main as fusemix
+from fusion.adapters import FuseMixAdapters
+from fusion.cache import concat_latents, load_latents
+from generator.caption_bank import save_caption_bank
+
+AUDIO_ENCODER = "whisper-tiny.en-10s"
+TEXT_ENCODER = "all-MiniLM-L6-v2"
+AUDIO_TOKENS = "32"
+AUDIO_KEEP = "16"  # sparse pooling keeps 16 of the 32 tokens (BENCHMARKS.md: k=16 beats all 32 at half the cost)
+TEXT_TOKENS = "16"
+EXTRA_WORLD = {"size": "4600", "seed": "1"}  # 3000 scenes -> 6000 more training clips (its val/test go unused)
+
+
+def run(*argv: str) -> None:
+    print("$ fusemix " + " ".join(argv), flush=True)
+    if fusemix(list(argv)) != 0:
+        raise SystemExit(f"step failed: fusemix {' '.join(argv)}")
+
+
+def store_half(folder: Path) -> None:
+    """Rewrite a model folder's safetensors in float16 (loads back into float32 models unchanged, ~1e-4 off):
+    keeps checkpoints/demo under its 50 MB budget now that both towers take token latents."""
+    for path in folder.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
+
+
+def write_bank_manifest(path: Path) -> None:
+    """Every training-template caption of every scene, both size words: the translator's data and the bank."""
+    combos = scenes.all_attribute_combinations()
+    by_combo: dict[int, list[str]] = {}
+    for text, index in scenes.training_captions():
+        by_combo.setdefault(index, []).append(text)
+    lines = [
+        json.dumps({"id": "{2}_{1}_{0}_on_{3}".format(*combos[index]), "captions": caps})
+        for index, caps in by_combo.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/demo")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default="checkpoints/demo")
+    p.add_argument("--image-model", default=None, help="use this trained image model folder")
+    p.add_argument("--skip-image-model", action="store_true")
+    p.add_argument("--fusemix-epochs", type=int, default=40)
+    a = p.parse_args()
+    data, runs, out = Path(a.data), Path(a.runs), Path(a.out)
+    lat = data / "latents"
+    extra = Path(str(data) + "_extra")
+    run("demo", "build", "--out", str(data))
+    run("demo", "build", "--out", str(extra), "--size", EXTRA_WORLD["size"], "--seed", EXTRA_WORLD["seed"])
+    jobs = [(data, split, lat) for split in ("train", "val", "test")] + [(extra, "train", extra / "latents")]
+    for world, split, folder in jobs:
+        manifest = str(world / f"{split}.jsonl")
+        run("extract", "--encoder", AUDIO_ENCODER, "--tokens", AUDIO_TOKENS, "--manifest", manifest,
+            "--out", str(folder / f"audio_tokens{AUDIO_TOKENS}_{split}"))  # fmt: skip
+        run("extract", "--encoder", TEXT_ENCODER, "--tokens", TEXT_TOKENS, "--manifest", manifest,
+            "--out", str(folder / f"text_tokens{TEXT_TOKENS}_{split}"))  # fmt: skip
+    write_bank_manifest(data / "bank.jsonl")
+    bank_latents = lat / f"text_tokens{TEXT_TOKENS}_bank"
+    run("extract", "--encoder", TEXT_ENCODER, "--tokens", TEXT_TOKENS, "--manifest", str(data / "bank.jsonl"),
+        "--out", str(bank_latents))  # fmt: skip
+    train = {}
+    for kind, tokens in (("audio", AUDIO_TOKENS), ("text", TEXT_TOKENS)):
+        name = f"{kind}_tokens{tokens}_train"
+        train[kind] = concat_latents([("", lat / name), ("extra-", extra / "latents" / name)], lat / f"{name}_all")
+    resume = ["--resume"] if (runs / "fusemix" / "checkpoint").exists() else []
+    run("train", "--audio-latents", str(train["audio"]), "--text-latents", str(train["text"]),
+        "--out", str(runs / "fusemix"), "--audio-adapter", "sparse", "--keep", AUDIO_KEEP,
+        "--text-adapter", "sparse", "--text-keep", TEXT_TOKENS, "--dropout", "0.2", "--batch-size", "512",
+        "--epochs", str(a.fusemix_epochs), *resume)  # fmt: skip
+    run("eval", "--checkpoint", str(runs / "fusemix"), "--audio-latents", str(lat / f"audio_tokens{AUDIO_TOKENS}_test"),
+        "--text-latents", str(lat / f"text_tokens{TEXT_TOKENS}_test"), "--json", str(runs / "fusemix_eval.json"))  # fmt: skip
+    run("train-translator", "--adapters", str(runs / "fusemix" / "checkpoint"), "--text-latents", str(bank_latents),
+        "--out", str(runs / "translator"))  # fmt: skip
+    image_model = Path(a.image_model) if a.image_model else runs / "image_model"
+    if not a.skip_image_model:
+        run("demo", "train-image-model", "--out", str(image_model))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in (("adapters", runs / "fusemix" / "checkpoint"), ("translator", runs / "translator")):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
+        store_half(out / name)
+    shutil.rmtree(out / "image_model", ignore_errors=True)
+    shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
+    bank = load_latents(bank_latents)
+    adapters = FuseMixAdapters.from_pretrained(out / "adapters").eval()
+    points = adapters.embed("text", torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
+    save_caption_bank(out / "caption_bank", bank.texts, points)
+    (out / "preset.json").write_text(
+        json.dumps(
+            {
+                "kind": "demo",
+                "audio_encoder": AUDIO_ENCODER,
+                "text_encoder": TEXT_ENCODER,
+                "adapters": "adapters",
+                "translator": "translator",
+                "image_model": "image_model",
+                "caption_bank": "caption_bank",
+                "steps": 20,
+                "guidance": 3.0,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"embedded default written to {out}")
+
+
+if __name__ == "__main__":
+    main()
