@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from demoworld import scenes
 from fusemix.cli import main as fusemix
@@ -45,6 +46,46 @@ def write_bank_manifest(path: Path) -> None:
         for index, caps in by_combo.items()
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_preset(
+    out: Path, adapters: Path, translator: Path, image_model: Path, bank_latents: Path, half: bool = False
+) -> None:
+    """Copy the trained parts into a preset folder, with the caption bank's points in S and preset.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in (("adapters", adapters), ("translator", translator)):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
+        if half:
+            store_half(out / name)
+    if image_model.resolve() != (out / "image_model").resolve():
+        shutil.rmtree(out / "image_model", ignore_errors=True)
+        shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
+    bank = load_latents(bank_latents)
+    model = FuseMixAdapters.from_pretrained(out / "adapters").eval()
+    points = model.embed("text", torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
+    save_caption_bank(out / "caption_bank", bank.texts, points)
+    preset = {
+        "kind": "demo",
+        "audio_encoder": AUDIO_ENCODER,
+        "text_encoder": TEXT_ENCODER,
+        "adapters": "adapters",
+        "translator": "translator",
+        "image_model": "image_model",
+        "caption_bank": "caption_bank",
+        "steps": 20,
+        "guidance": 3.0,
+    }
+    (out / "preset.json").write_text(json.dumps(preset, indent=1) + "\n")
+
+
+def store_half(folder: Path) -> None:
+    """Rewrite a model folder's safetensors in float16 (loads back into float32 models unchanged, ~1e-4 off)."""
+    for path in folder.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
 
 
 def main() -> None:
@@ -118,33 +159,7 @@ def main() -> None:
     if not a.skip_image_model:
         run("demo", "train-image-model", "--out", str(image_model))
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name, src in (("adapters", runs / "fusemix" / "checkpoint"), ("translator", runs / "translator")):
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
-    shutil.rmtree(out / "image_model", ignore_errors=True)
-    shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
-    bank = load_latents(lat / "text_bank")
-    adapters = FuseMixAdapters.from_pretrained(out / "adapters").eval()
-    points = adapters.embed("text", torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
-    save_caption_bank(out / "caption_bank", bank.texts, points)
-    (out / "preset.json").write_text(
-        json.dumps(
-            {
-                "kind": "demo",
-                "audio_encoder": AUDIO_ENCODER,
-                "text_encoder": TEXT_ENCODER,
-                "adapters": "adapters",
-                "translator": "translator",
-                "image_model": "image_model",
-                "caption_bank": "caption_bank",
-                "steps": 20,
-                "guidance": 3.0,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_preset(out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, lat / "text_bank")
     print(f"embedded default written to {out}")
 
 

@@ -14,55 +14,16 @@ pooling: S keeps which colour belongs to the shape and which to the background) 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from make_demo_default import AUDIO_ENCODER, TEXT_ENCODER, run, write_bank_manifest, write_preset  # same folder
 
-from demoworld import scenes
-from fusemix.cli import main as fusemix
-from fusion.adapters import FuseMixAdapters
-from fusion.cache import concat_latents, load_latents
-from generator.caption_bank import save_caption_bank
+from fusion.cache import concat_latents
 
-AUDIO_ENCODER = "whisper-tiny.en-10s"
-TEXT_ENCODER = "all-MiniLM-L6-v2"
 AUDIO_TOKENS = "32"
 AUDIO_KEEP = "16"  # sparse pooling keeps 16 of the 32 tokens (BENCHMARKS.md: k=16 beats all 32 at half the cost)
 TEXT_TOKENS = "16"
 EXTRA_WORLD = {"size": "4600", "seed": "1"}  # 3000 scenes -> 6000 more training clips (its val/test go unused)
-
-
-def run(*argv: str) -> None:
-    print("$ fusemix " + " ".join(argv), flush=True)
-    if fusemix(list(argv)) != 0:
-        raise SystemExit(f"step failed: fusemix {' '.join(argv)}")
-
-
-def store_half(folder: Path) -> None:
-    """Rewrite a model folder's safetensors in float16 (loads back into float32 models unchanged, ~1e-4 off):
-    keeps checkpoints/demo under its 50 MB budget now that both towers take token latents."""
-    for path in folder.glob("*.safetensors"):
-        tensors = load_file(str(path))
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
-        tmp.replace(path)
-
-
-def write_bank_manifest(path: Path) -> None:
-    """Every training-template caption of every scene, both size words: the translator's data and the bank."""
-    combos = scenes.all_attribute_combinations()
-    by_combo: dict[int, list[str]] = {}
-    for text, index in scenes.training_captions():
-        by_combo.setdefault(index, []).append(text)
-    lines = [
-        json.dumps({"id": "{2}_{1}_{0}_on_{3}".format(*combos[index]), "captions": caps})
-        for index, caps in by_combo.items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -107,35 +68,8 @@ def main() -> None:
     if not a.skip_image_model:
         run("demo", "train-image-model", "--out", str(image_model))
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name, src in (("adapters", runs / "fusemix" / "checkpoint"), ("translator", runs / "translator")):
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("optimizer*", "training_state*", "*.tmp"))
-        store_half(out / name)
-    shutil.rmtree(out / "image_model", ignore_errors=True)
-    shutil.copytree(image_model, out / "image_model", ignore=shutil.ignore_patterns("training_state*", ".*"))
-    bank = load_latents(bank_latents)
-    adapters = FuseMixAdapters.from_pretrained(out / "adapters").eval()
-    points = adapters.embed("text", torch.from_numpy(np.asarray(bank.array, dtype=np.float32)))
-    save_caption_bank(out / "caption_bank", bank.texts, points)
-    (out / "preset.json").write_text(
-        json.dumps(
-            {
-                "kind": "demo",
-                "audio_encoder": AUDIO_ENCODER,
-                "text_encoder": TEXT_ENCODER,
-                "adapters": "adapters",
-                "translator": "translator",
-                "image_model": "image_model",
-                "caption_bank": "caption_bank",
-                "steps": 20,
-                "guidance": 3.0,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(f"embedded default written to {out}")
+    write_preset(out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, bank_latents, half=True)
+    print(f"token-tower preset written to {out}")
 
 
 if __name__ == "__main__":
