@@ -41,6 +41,7 @@ ARCH_KEYS = (
     "text_adapter",
     "text_tokens",
     "text_keep",
+    "token_blocks",
 )
 
 

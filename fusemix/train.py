@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.sparse_mode,
         help="sparse adapter: topk (scored selection) or slots (learned query slots)",
     )
+    p.add_argument(
+        "--token-blocks",
+        type=int,
+        default=defaults.token_blocks,
+        help="sparse adapters: transformer blocks over the kept tokens",
+    )
     p.add_argument("--lock-text", action="store_true", help="text tower = identity (audio lands in text space)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")

@@ -56,6 +56,7 @@ def build_tower_for(
     tokens: int | None = None,
     keep: int | None = None,
     sparse_mode: str = "topk",
+    token_blocks: int = 1,
 ) -> nn.Module:
     """The ``modality`` tower for adapter ``kind``; one branch per kind, so a new kind is one ``if``."""
     if kind == "mlp":  # pooled latents (B, D)
@@ -70,7 +71,7 @@ def build_tower_for(
             raise ValueError(
                 f"{modality}_adapter 'sparse' needs {modality}_tokens (K) and keep (k), got tokens={tokens}, keep={keep}"
             )
-        return SparsePoolTower(in_dim, out_dim, tokens, keep, sparse_mode, num_blocks, expansion, dropout)
+        return SparsePoolTower(in_dim, out_dim, tokens, keep, sparse_mode, num_blocks, expansion, dropout, token_blocks)
     raise ValueError(f"{modality}_adapter must be one of {ADAPTER_KINDS}, got {kind!r}")
 
 
@@ -92,7 +93,8 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
     ``audio_adapter="sparse"`` takes token latents (B, audio_tokens, D) and keeps ``keep`` of them (fusion.sparse);
     ``audio_tokens`` in config.json tells the generator how many tokens to ask the audio encoder for (None: pooled).
     ``text_adapter="sparse"`` does the same for text (B, text_tokens, D) with ``text_keep``: token states keep
-    which colour goes with which word, which a mean-pooled sentence vector blurs.
+    which colour goes with which word, which a mean-pooled sentence vector blurs. ``token_blocks`` sets how many
+    transformer blocks a sparse tower runs over its kept tokens.
     """
 
     @register_to_config
@@ -112,6 +114,7 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         text_adapter: str = "mlp",
         text_tokens: int | None = None,
         text_keep: int | None = None,
+        token_blocks: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
@@ -143,10 +146,21 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
                 text_tokens,
                 text_keep,
                 sparse_mode,
+                token_blocks,
             )
         )
         audio_tower = build_tower_for(
-            "audio", audio_adapter, audio_dim, shared, num_blocks, expansion, dropout, audio_tokens, keep, sparse_mode
+            "audio",
+            audio_adapter,
+            audio_dim,
+            shared,
+            num_blocks,
+            expansion,
+            dropout,
+            audio_tokens,
+            keep,
+            sparse_mode,
+            token_blocks,
         )
         self.towers = nn.ModuleDict({"audio": audio_tower, "text": text_tower})
         self.temperature = nn.Parameter(torch.tensor(TEMPERATURE_INIT))

@@ -7,7 +7,7 @@ K tokens of a clip before anything costly runs on them, so its cost grows with `
 2. ``topk``: a linear scorer rates every token, the ``keep`` best are kept (in their original order) and each is
    multiplied by ``sigmoid(score)``, which lets the loss reach the scorer even though top-k itself has no gradient;
    ``slots``: ``keep`` learned queries cross-attend to all K tokens instead (soft pooling into slots);
-3. one pre-LN transformer block (self-attention + MLP) over the kept tokens;
+3. ``token_blocks`` pre-LN transformer blocks (self-attention + MLP) over the kept tokens (default 1);
 4. mean over them, then the usual residual MLP blocks, LayerNorm and projection to the shared space.
 
 ``keep = K`` in ``topk`` mode keeps every token (gated, nothing dropped): the "no sparsification" control.
@@ -61,6 +61,7 @@ class SparsePoolTower(nn.Module):
         num_blocks: int = 2,
         expansion: int = 4,
         dropout: float = 0.0,
+        token_blocks: int = 1,
     ) -> None:
         super().__init__()
         from fusion.adapters import build_tower  # local: adapters imports this module
@@ -71,6 +72,8 @@ class SparsePoolTower(nn.Module):
             raise ValueError(f"audio_tokens must be >= 1, got {num_tokens}")
         if not 1 <= keep <= num_tokens:
             raise ValueError(f"keep must be in [1, audio_tokens={num_tokens}], got {keep}")
+        if token_blocks < 1:
+            raise ValueError(f"token_blocks must be >= 1, got {token_blocks}")
         self.num_tokens, self.keep, self.mode = num_tokens, keep, mode
         self.position = nn.Parameter(torch.zeros(num_tokens, in_dim))
         nn.init.normal_(self.position, std=0.02)
@@ -80,7 +83,7 @@ class SparsePoolTower(nn.Module):
             self.slots = nn.Parameter(torch.randn(keep, in_dim) * in_dim**-0.5)
             self.slot_norm = nn.LayerNorm(in_dim)
             self.slot_attn = nn.MultiheadAttention(in_dim, num_heads_for(in_dim), dropout=dropout, batch_first=True)
-        self.block = TokenBlock(in_dim, expansion, dropout)
+        self.blocks = nn.Sequential(*[TokenBlock(in_dim, expansion, dropout) for _ in range(token_blocks)])
         self.head = build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,4 +118,4 @@ class SparsePoolTower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept = self.select(x)[0]
-        return self.head(self.block(kept).mean(dim=1))
+        return self.head(self.blocks(kept).mean(dim=1))

@@ -81,6 +81,7 @@ class TrainConfig:
     text_adapter: str = "mlp"  # kind of text tower; "sparse" takes token latents (extract --tokens K)
     text_keep: int | None = None  # sparse text adapter: tokens kept of the K in the text cache
     sparse_mode: str = "topk"  # sparse adapter: "topk" (scored selection) or "slots" (keep learned query slots)
+    token_blocks: int = 1  # sparse adapters: transformer blocks over the kept tokens
     val_fraction: float = 0.0  # share of clips held out to report validation retrieval after each epoch
     bf16: bool = False  # bf16 autocast (CPU or GPU); the loss stays float32
     seed: int = 0  # seeds model init, data order, captions, λ and dropout
@@ -118,6 +119,8 @@ class TrainConfig:
             raise ValueError("--lock-text keeps text latents as they are: it takes no --text-adapter sparse")
         if self.sparse_mode not in SPARSE_MODES:
             raise ValueError(f"--sparse-mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}")
+        if self.token_blocks < 1:
+            raise ValueError(f"--token-blocks must be >= 1, got {self.token_blocks}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> float:
@@ -224,7 +227,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     current = dataclasses.asdict(cfg)
-    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
+    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise FusemixError(f"--resume with a different configuration ({diffs}); use the saved values or a new --out")
@@ -308,6 +312,7 @@ def train(cfg: TrainConfig) -> Path:
             text_adapter=cfg.text_adapter,
             text_tokens=text_tokens,
             text_keep=cfg.text_keep,
+            token_blocks=cfg.token_blocks,
         )
         state = {"epoch": 0, "step": 0, "history": []}
     if (model.config.audio_dim, model.config.text_dim) != (audio_dim, text_dim):

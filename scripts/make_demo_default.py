@@ -5,7 +5,8 @@
 
 Steps: build the demo world -> extract Whisper (10 s window) and MiniLM latents for train/val/test and for a caption
 bank (every scene x training template) -> FuseMix with a locked text tower (audio lands in MiniLM space) ->
-translator on the bank captions -> image model -> copy everything a user needs into checkpoints/demo.
+translator on the bank captions -> image model (3,000 steps on captions, then 1,200 more with half of each batch
+conditioned through the translator) -> copy everything a user needs into checkpoints/demo.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from generator.caption_bank import save_caption_bank
 
 AUDIO_ENCODER = "whisper-tiny.en-10s"
 TEXT_ENCODER = "all-MiniLM-L6-v2"
+IMAGE_BASE_STEPS = 3000  # captions only
+IMAGE_STEPS = 4200  # then on to here with half of each batch conditioned through the translator
 
 
 def run(*argv: str) -> None:
@@ -46,6 +49,22 @@ def write_bank_manifest(path: Path) -> None:
         for index, caps in by_combo.items()
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def train_image_model(
+    image_model: Path, translator: Path, adapters: Path | None = None, noise: float = 0.05, base: Path | None = None
+) -> None:
+    """Base model on captions, then fine-tuned on the translator's outputs so translated prompts work.
+
+    ``base``: start from this folder (a base run with its training_state at IMAGE_BASE_STEPS) instead of training one.
+    Both stages resume when re-run.
+    """
+    if base is not None and not image_model.exists():
+        shutil.copytree(base, image_model)
+    run("demo", "train-image-model", "--out", str(image_model), "--steps", str(IMAGE_BASE_STEPS))
+    tuned = ["--translator", str(translator), "--translator-noise", str(noise)]
+    tuned += ["--adapters", str(adapters)] if adapters is not None else []
+    run("demo", "train-image-model", "--out", str(image_model), "--steps", str(IMAGE_STEPS), *tuned)
 
 
 def write_preset(
@@ -157,7 +176,7 @@ def main() -> None:
     )
     image_model = Path(a.image_model) if a.image_model else runs / "image_model"
     if not a.skip_image_model:
-        run("demo", "train-image-model", "--out", str(image_model))
+        train_image_model(image_model, runs / "translator")
 
     write_preset(out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, lat / "text_bank")
     print(f"embedded default written to {out}")

@@ -16,7 +16,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from make_demo_default import AUDIO_ENCODER, TEXT_ENCODER, run, write_bank_manifest, write_preset  # same folder
+from make_demo_default import (  # same folder
+    AUDIO_ENCODER,
+    TEXT_ENCODER,
+    run,
+    train_image_model,
+    write_bank_manifest,
+    write_preset,
+)
 
 from fusion.cache import concat_latents
 
@@ -33,6 +40,9 @@ def main() -> None:
     p.add_argument("--out", default="checkpoints/demo")
     p.add_argument("--image-model", default=None, help="use this trained image model folder")
     p.add_argument("--skip-image-model", action="store_true")
+    p.add_argument(
+        "--base-image-model", default=None, help="fine-tune a copy of this base run (captions only, 3000 steps)"
+    )
     p.add_argument("--fusemix-epochs", type=int, default=40)
     a = p.parse_args()
     data, runs, out = Path(a.data), Path(a.runs), Path(a.out)
@@ -66,7 +76,8 @@ def main() -> None:
         "--out", str(runs / "translator"))  # fmt: skip
     image_model = Path(a.image_model) if a.image_model else runs / "image_model"
     if not a.skip_image_model:
-        run("demo", "train-image-model", "--out", str(image_model))
+        base = Path(a.base_image_model) if a.base_image_model else None
+        train_image_model(image_model, runs / "translator", runs / "fusemix" / "checkpoint", base=base)
 
     write_preset(out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, bank_latents, half=True)
     print(f"token-tower preset written to {out}")

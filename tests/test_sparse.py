@@ -248,3 +248,20 @@ def test_text_tower_arguments_fail_clearly(tmp_path):
             [*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
             + ["--text-keep", "2"]
         )
+
+
+def test_token_blocks_stack_transformer_blocks_and_round_trip(tmp_path):
+    """``token_blocks`` adds blocks over the kept tokens; the count is saved with the config."""
+    model = sparse_adapters(text_adapter="sparse", text_tokens=4, text_keep=4, token_blocks=3).eval()
+    assert len(model.towers["audio"].blocks) == 3 and len(model.towers["text"].blocks) == 3
+    assert len(sparse_adapters().towers["audio"].blocks) == 1
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = FuseMixAdapters.from_pretrained(tmp_path / "ckpt").eval()
+    x = torch.randn(2, 8, 12)
+    torch.testing.assert_close(loaded.encode({"audio": x})["audio"], model.encode({"audio": x})["audio"])
+    with pytest.raises(ValueError, match="token_blocks"):
+        SparsePoolTower(in_dim=12, out_dim=16, num_tokens=8, keep=2, token_blocks=0)
+    with pytest.raises(ValueError, match="token-blocks"):
+        train_cli.parse_config(
+            ["--audio-latents", "a", "--text-latents", "t", "--out", "o", "--token-blocks", "0"]
+        ).check()
