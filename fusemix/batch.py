@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from generator.batch import RESULTS, BatchConfig, find_clips, run_batch
+from generator.presets import MODES
 
 
 @dataclass
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-images-per-audio", type=int, default=1, help="images per clip (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="job seed; each clip's seed derives from it (default 0)")
     parser.add_argument("--preset", default="demo", help="model: demo (shipped, offline), a folder, sd15, sd-turbo")
-    parser.add_argument("--mode", choices=("translate", "retrieve"), default="translate", help="default translate")
+    parser.add_argument("--mode", choices=MODES, default=None, help="default: the preset's (retrieve for demo)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's)")
     parser.add_argument("--top-k", type=int, default=5, help="nearest captions recorded per clip (default 5)")

@@ -16,6 +16,7 @@ from demoworld.judge import judge_image
 from fusion.cache import atomic_write_json
 from generator.audio_to_image import AudioToImagePipeline
 from generator.generate import save_outputs
+from generator.presets import MODES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "prompts.jsonl"
 ATTRS = ("background", "colour", "shape")
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", default=str(EXAMPLES), help="manifest of spoken prompts with their scenes")
     p.add_argument("--preset", default="demo")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--mode", choices=MODES, default=None, help="default: the preset's")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     manifest = Path(a.examples)
@@ -35,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     items = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     files = [str(manifest.parent / item["audio"]) for item in items]
     pipe = AudioToImagePipeline.from_preset(a.preset)
-    result = pipe(files, num_inference_steps=a.steps, seed=a.seed)
+    result = pipe(files, mode=a.mode, num_inference_steps=a.steps, seed=a.seed)
     out = Path(a.out)
     names = [Path(f).stem for f in files]
-    save_outputs(out, names, result, files, {"preset": a.preset, "steps": a.steps or pipe.preset.steps})
+    save_outputs(
+        out, names, result, files, {"preset": a.preset, "mode": result.mode, "steps": a.steps or pipe.preset.steps}
+    )
     rows, correct = [], {k: 0 for k in ATTRS}
     print(f"{'clip':<34} {'heard (nearest caption)':<52} {'judge sees':<28} ok")
     for name, item, images, heard in zip(names, items, result.images, result.heard, strict=True):
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<34} {heard[0][0][:50]:<52} {seen_text:<28} {sum(ok)}/{len(ATTRS)}")
         rows.append({"clip": name, "heard": heard[:3], "judged": seen, "expected": want})
     acc = {k: correct[k] / len(items) for k in ATTRS}
-    atomic_write_json(out / "judge.json", {"accuracy": acc, "clips": rows, "timings": result.timings})
-    print("accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+    atomic_write_json(
+        out / "judge.json", {"accuracy": acc, "mode": result.mode, "clips": rows, "timings": result.timings}
+    )
+    print(f"accuracy ({result.mode} mode): " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
     print(f"{len(items)} images in {result.timings['total']:.1f} s -> {out}/ (the *_view.png files are upscaled)")
     return 0

@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="image j of clip i uses seed + 1000*i + j")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the preset's)")
-    p.add_argument("--mode", choices=MODES, default="translate")
+    p.add_argument("--mode", choices=MODES, default=None, help="default: the preset's (retrieve for demo)")
     p.add_argument("--text", default=None, help="optional text prompt mixed with the audio in the shared space")
     p.add_argument(
         "--text-weight", type=float, default=None, help="weight of --text in [0, 1] (default 0.3 with --text)"
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     settings = {
         "preset": a.preset,
-        "mode": a.mode,
+        "mode": a.mode or pipe.preset.mode,
         "steps": a.steps or pipe.preset.steps,
         "guidance": pipe.preset.guidance if a.guidance is None else a.guidance,
         "text": a.text,

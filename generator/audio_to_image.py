@@ -26,12 +26,10 @@ from fusion.audio import load_audio
 from fusion.encoders import load_encoder
 from fusion.errors import ModelUnavailableError
 from generator.caption_bank import load_caption_bank, nearest
-from generator.presets import Preset, load_preset
+from generator.presets import MODES, Preset, load_preset
 from generator.translator import Translator
 
 logger = logging.getLogger(__name__)
-
-MODES = ("translate", "retrieve")
 
 
 @dataclass
@@ -41,6 +39,7 @@ class AudioToImageOutput:
     prompts: list[str | None]  # per clip: the caption used as prompt in retrieve mode, else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage and "total"
     seeds: list[int] = field(default_factory=list)  # per clip: image j of clip i is drawn with seed seeds[i] + j
+    mode: str = "translate"  # the mode used (the preset's default when none was asked for)
 
 
 def upscale(image: Image.Image, size: int = 256) -> Image.Image:
@@ -143,7 +142,7 @@ class AudioToImagePipeline:
         self,
         audio: list[str | Path | np.ndarray],
         *,
-        mode: str = "translate",
+        mode: str | None = None,
         text: str | None = None,
         text_weight: float = 0.0,
         num_inference_steps: int | None = None,
@@ -153,6 +152,7 @@ class AudioToImagePipeline:
         top_k: int = 5,
         progress: bool = False,
     ) -> AudioToImageOutput:
+        mode = self.preset.mode if mode is None else mode
         steps = self.preset.steps if num_inference_steps is None else num_inference_steps
         guidance = self.preset.guidance if guidance_scale is None else guidance_scale
         # 1. check inputs
@@ -207,4 +207,4 @@ class AudioToImagePipeline:
         images = [flat[i * num_images_per_audio : (i + 1) * num_images_per_audio] for i in range(n)]
         timings["diffusion"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return AudioToImageOutput(images=images, heard=heard, prompts=prompts, timings=timings, seeds=seeds)
+        return AudioToImageOutput(images=images, heard=heard, prompts=prompts, timings=timings, seeds=seeds, mode=mode)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from fusion.cache import atomic_write_bytes
 from fusion.errors import AudioError
 from fusion.manifests import read_manifest
+from generator.presets import MODES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class BatchConfig:
 
     num_images_per_audio: int = 1  # images per clip
     seed: int = 0  # job seed; each clip's seed is derived from it and the clip id
-    mode: str = "translate"  # "translate" (audio -> conditioning) or "retrieve" (nearest caption as prompt)
+    mode: str | None = None  # "translate" (audio -> conditioning), "retrieve" (nearest caption); None: the preset's
     num_inference_steps: int | None = None  # denoising steps; None: the preset's default
     guidance_scale: float | None = None  # classifier-free guidance; None: the preset's default
     top_k: int = 5  # nearest captions recorded per clip
@@ -223,8 +224,8 @@ def run_batch(
 def _check_config(config: BatchConfig) -> None:
     if config.num_images_per_audio < 1:
         raise ValueError(f"num_images_per_audio must be at least 1, got {config.num_images_per_audio}")
-    if config.mode not in ("translate", "retrieve"):
-        raise ValueError(f"mode must be 'translate' or 'retrieve', got {config.mode!r}")
+    if config.mode not in (None, *MODES):
+        raise ValueError(f"mode must be one of {MODES} or None (the preset's), got {config.mode!r}")
     if config.view_size < 0:
         raise ValueError(f"view_size must be 0 (off) or positive, got {config.view_size}")
 
@@ -234,6 +235,7 @@ class _ClipOutput:
     images: list[Image.Image]
     heard: list[tuple[str, float]]
     prompt: str | None
+    mode: str
     seed: int
     timings: dict[str, float]
 
@@ -265,6 +267,7 @@ def _generate(
                 images=list(output.images[0]),
                 heard=[(str(c), float(s)) for c, s in output.heard[0]],
                 prompt=output.prompts[0],
+                mode=output.mode,
                 seed=int(output.seeds[0]),
                 timings={k: round(float(v), 4) for k, v in output.timings.items()},
             ),
@@ -289,7 +292,7 @@ def _save_images(out: Path, clip: BatchClip, result: _ClipOutput, config: BatchC
             "image": name,
             "view": None,
             "seed": result.seed,
-            "mode": config.mode,
+            "mode": result.mode,
             "prompt": result.prompt,
             "heard": [[caption, round(score, 4)] for caption, score in result.heard],
             "timings": result.timings,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fusion.errors import ModelUnavailableError
 
+MODES = ("translate", "retrieve")  # audio -> conditioning through the translator, or nearest bank caption as prompt
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 # Named presets: the shipped demo folder, and real SD-family pipelines (hub ids; need a network or a local copy).
@@ -38,6 +39,7 @@ class Preset:
     caption_bank: str | None  # folder with captions.json + points.safetensors ("what it heard", retrieve mode)
     steps: int = 20  # default denoising steps
     guidance: float = 3.0  # default classifier-free guidance scale
+    mode: str = "translate"  # default mode (MODES); a preset whose translator trails its bank may choose retrieve
 
 
 def _resolve(folder: Path, value: str | None) -> str | None:
@@ -65,6 +67,9 @@ def load_preset(name_or_folder: str) -> Preset:
     missing = [k for k in ("audio_encoder", "text_encoder", "adapters", "translator", "image_model") if k not in raw]
     if missing:
         raise ModelUnavailableError(f"{spec} lacks {', '.join(missing)}")
+    mode = raw.get("mode", "translate")
+    if mode not in MODES:
+        raise ModelUnavailableError(f"{spec}: mode must be one of {MODES}, got {mode!r}")
     return Preset(
         folder=folder,
         kind=raw.get("kind", "demo"),
@@ -76,4 +81,5 @@ def load_preset(name_or_folder: str) -> Preset:
         caption_bank=_resolve(folder, raw.get("caption_bank")),
         steps=int(raw.get("steps", 20)),
         guidance=float(raw.get("guidance", 3.0)),
+        mode=mode,
     )

@@ -68,9 +68,18 @@ def train_image_model(
 
 
 def write_preset(
-    out: Path, adapters: Path, translator: Path, image_model: Path, bank_latents: Path, half: bool = False
+    out: Path,
+    adapters: Path,
+    translator: Path,
+    image_model: Path,
+    bank_latents: Path,
+    half: bool = False,
+    mode: str = "translate",
 ) -> None:
-    """Copy the trained parts into a preset folder, with the caption bank's points in S and preset.json."""
+    """Copy the trained parts into a preset folder, with the caption bank's points in S and preset.json.
+
+    ``mode`` is the preset's default generation mode (what `fusemix generate` uses without --mode).
+    """
     out.mkdir(parents=True, exist_ok=True)
     for name, src in (("adapters", adapters), ("translator", translator)):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -94,6 +103,7 @@ def write_preset(
         "caption_bank": "caption_bank",
         "steps": 20,
         "guidance": 3.0,
+        "mode": mode,
     }
     (out / "preset.json").write_text(json.dumps(preset, indent=1) + "\n")
 

@@ -79,7 +79,9 @@ def main() -> None:
         base = Path(a.base_image_model) if a.base_image_model else None
         train_image_model(image_model, runs / "translator", runs / "fusemix" / "checkpoint", base=base)
 
-    write_preset(out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, bank_latents, half=True)
+    write_preset(
+        out, runs / "fusemix" / "checkpoint", runs / "translator", image_model, bank_latents, half=True, mode="retrieve"
+    )
     print(f"token-tower preset written to {out}")
 
 

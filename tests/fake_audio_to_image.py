@@ -27,14 +27,15 @@ class FakeOutput:
     prompts: list[str | None]
     timings: dict[str, float]
     seeds: list[int]
+    mode: str
 
 
 class FakeAudioToImagePipeline:
     sample_rate = 16000
     max_seconds = 30.0
 
-    def __init__(self, size: int = 32):
-        self.size = size
+    def __init__(self, size: int = 32, default_mode: str = "translate"):
+        self.size, self.default_mode = size, default_mode
         self.calls: list[dict] = []
 
     @classmethod
@@ -45,7 +46,7 @@ class FakeAudioToImagePipeline:
         self,
         audio,
         *,
-        mode="translate",
+        mode=None,
         text=None,
         text_weight=0.0,
         num_inference_steps=20,
@@ -55,6 +56,7 @@ class FakeAudioToImagePipeline:
         top_k=5,
         progress=False,
     ) -> FakeOutput:
+        mode = self.default_mode if mode is None else mode  # the preset's default, as the real pipeline does
         if mode not in ("translate", "retrieve"):
             raise ValueError(f"mode must be 'translate' or 'retrieve', got {mode!r}")
         if not 0.0 <= text_weight <= 1.0:
@@ -78,7 +80,7 @@ class FakeAudioToImagePipeline:
         prompts = [h[0][0] if mode == "retrieve" else None for h in heard]
         total = time.perf_counter() - start
         timings = {"load_audio": total, "encode": 0.0, "translate": 0.0, "diffusion": 0.0, "total": total}
-        return FakeOutput(images, heard, prompts, timings, seeds)
+        return FakeOutput(images, heard, prompts, timings, seeds, mode)
 
 
 def upscale(image: Image.Image, size: int = 256) -> Image.Image:

@@ -216,3 +216,16 @@ def test_real_demo_pipeline_over_the_examples(tmp_path):
         assert len(r["heard"]) == 5 and r["heard"][0][1] >= r["heard"][-1][1]
     assert batch_cli.main(argv) == 0
     assert len(lines(out)) == len(records)  # the re-run did no new work
+
+
+def test_records_name_the_mode_used_preset_default_or_asked(folder, tmp_path, monkeypatch):
+    """Without --mode a clip runs in the preset's default mode, and its record says which one it was."""
+    install_if_missing(monkeypatch)
+    retrieving = FakeAudioToImagePipeline(default_mode="retrieve")
+    run_batch(retrieving, find_clips(folder), tmp_path / "default", BatchConfig(progress=False))
+    records = lines(tmp_path / "default")
+    assert {r["mode"] for r in records} == {"retrieve"} and all(r["prompt"] for r in records)
+    run_batch(retrieving, find_clips(folder), tmp_path / "asked", BatchConfig(mode="translate", progress=False))
+    assert {r["mode"] for r in lines(tmp_path / "asked")} == {"translate"}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run_batch(retrieving, find_clips(folder), tmp_path / "bad", BatchConfig(mode="paint", progress=False))

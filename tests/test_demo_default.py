@@ -52,7 +52,7 @@ def test_demo_run_writes_images_and_judges_them(tmp_path, capsys):
     n = len((EXAMPLES / "prompts.jsonl").read_text().splitlines())
     assert len(report["clips"]) == n and len(list(tmp_path.glob("*_0.png"))) == n
     assert set(report["accuracy"]) == {"background", "colour", "shape"}
-    assert "accuracy:" in capsys.readouterr().out
+    assert report["mode"] == "retrieve" and "accuracy (retrieve mode):" in capsys.readouterr().out  # the preset's mode
 
 
 def test_generate_writes_png_view_and_sidecar(tmp_path):

@@ -132,8 +132,9 @@ def test_audio_to_image_on_tiny_stable_diffusion(sd_preset):
     again = pipe(waves[:1], seed=3)
     assert np.array_equal(np.asarray(again.images[0][0]), np.asarray(out.images[0][0]))  # same seed, same image
 
+    assert out.mode == "translate"  # the preset names no mode: translate
     retrieved = pipe(waves[:1], mode="retrieve", seed=3)
-    assert retrieved.prompts[0] == retrieved.heard[0][0][0]
+    assert retrieved.prompts[0] == retrieved.heard[0][0][0] and retrieved.mode == "retrieve"
 
     mixed = pipe(waves[:1], text=CAPTIONS[2], text_weight=1.0, seed=3)
     assert mixed.heard[0][0][0] == CAPTIONS[2]  # weight 1: the text alone decides what is "heard"
@@ -164,4 +165,21 @@ def test_presets_fail_clearly_when_models_are_missing(tmp_path):
         load_preset(str(tmp_path / "nowhere"))
     (tmp_path / "preset.json").write_text(json.dumps({"audio_encoder": "whisper-tiny.en"}))
     with pytest.raises(ModelUnavailableError, match="lacks"):
+        load_preset(str(tmp_path))
+
+
+def test_preset_chooses_the_default_mode(sd_preset, tmp_path):
+    """A preset.json ``mode`` is what a call without ``mode`` uses; an explicit mode still wins; a bad one fails."""
+    spec = json.loads((sd_preset / "preset.json").read_text())
+    for name in ("whisper", "adapters", "translator", "sd", "bank"):
+        (tmp_path / name).symlink_to(sd_preset / name)
+    (tmp_path / "preset.json").write_text(json.dumps({**spec, "mode": "retrieve"}))
+    pipe = AudioToImagePipeline.from_preset(str(tmp_path))
+    wave = [np.random.default_rng(1).standard_normal(8000).astype(np.float32) * 0.1]
+    by_default = pipe(wave, seed=3)
+    assert by_default.mode == "retrieve" and by_default.prompts[0] == by_default.heard[0][0][0]
+    asked = pipe(wave, mode="translate", seed=3)
+    assert asked.mode == "translate" and asked.prompts == [None]
+    (tmp_path / "preset.json").write_text(json.dumps({**spec, "mode": "dream"}))
+    with pytest.raises(ModelUnavailableError, match="mode must be one of"):
         load_preset(str(tmp_path))

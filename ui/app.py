@@ -115,6 +115,7 @@ def build_app(pipeline: Any, examples: list[Example] | None = None, max_file_mb:
     handler = Generator(pipeline)
     preset = getattr(pipeline, "preset", None)  # the real pipeline knows its model's default steps and guidance
     default_steps, default_guidance = getattr(preset, "steps", 20), getattr(preset, "guidance", 3.0)
+    default_mode = getattr(preset, "mode", "translate")
     limits = f"clips up to {pipeline.max_seconds:g} s" + (f", files up to {max_file_mb:g} MB" if max_file_mb else "")
     with gr.Blocks(title="FuseMix: sound to image", analytics_enabled=False) as app:
         gr.Markdown(
@@ -130,7 +131,7 @@ def build_app(pipeline: Any, examples: list[Example] | None = None, max_file_mb:
                     text_weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Text weight", scale=1)
                 mode = gr.Radio(
                     ["translate", "retrieve"],
-                    value="translate",
+                    value=default_mode,
                     label="Mode",
                     info="translate: the sound steers the image model directly; retrieve: the nearest caption is the prompt",
                 )
