@@ -1,7 +1,7 @@
 """Sparse pooling ablation: mean-pooled MLP vs sparse top-k (several k) vs all K tokens, on held-out retrieval.
 
-Every variant trains FuseMix with a locked text tower (audio lands in the text encoder's space, as the shipped demo
-does) for the same epochs, batch and seed, then is scored on the test split (text->audio and audio->text R@1, the
+Every variant trains FuseMix with a locked text tower (audio lands in the text encoder's space, as the demo default
+then did) for the same epochs, batch and seed, then is scored on the test split (text->audio and audio->text R@1, the
 ``fusemix eval`` metrics). Variants:
 
 - ``mlp (pooled cache)``: the mlp adapter on the pooled cache (``--pooled-train/--pooled-test``, optional);

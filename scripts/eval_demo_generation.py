@@ -6,8 +6,8 @@
 Conditions, same seeds and settings for all:
   text            the caption through the image model's own text encoder (upper bound)
   text-translated the caption -> MiniLM -> shared space -> translator (what the translator loses)
-  audio           the spoken caption through the full audio path (translate mode, the product)
-  audio-retrieve  the spoken caption -> nearest caption in the bank -> text prompt (baseline)
+  audio           the spoken caption through the full audio path in translate mode
+  audio-retrieve  the spoken caption -> nearest caption in the bank -> text prompt (the demo default)
 """
 
 from __future__ import annotations
