@@ -9,11 +9,16 @@ The towers are the only trained part of FuseMix; the encoders stay frozen and th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from fusion.blocks import ResidualMLPBlock, build_tower  # noqa: F401 (ResidualMLPBlock: re-exported for old imports)
 from fusion.sparse import SPARSE_MODES, SparsePoolTower
 
 MODALITIES = ("audio", "text")
@@ -24,55 +29,129 @@ AUDIO_ADAPTERS = ADAPTER_KINDS  # the CLI's --audio-adapter choices
 TEXT_ADAPTERS = ADAPTER_KINDS  # the CLI's --text-adapter choices
 
 
-class ResidualMLPBlock(nn.Module):
-    """Pre-LN residual block ``x + W2·drop(GELU(W1·LN(x)))``."""
+class TowerConfigError(ValueError):
+    """A tower argument is out of range; ``modality`` and ``fields`` let a caller name its own flags for them."""
 
-    def __init__(self, dim: int, expansion: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, dim * expansion)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(dim * expansion, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))
+    def __init__(self, modality: str, fields: tuple[str, ...], message: str) -> None:
+        super().__init__(f"{modality} tower: {message}")
+        self.modality, self.fields = modality, fields
 
 
-def build_tower(in_dim: int, out_dim: int, num_blocks: int, expansion: int, dropout: float) -> nn.Sequential:
-    """N residual blocks at the input width, then LayerNorm and a linear projection to ``out_dim``."""
-    blocks = [ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)]
-    return nn.Sequential(*blocks, nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+@dataclass(frozen=True)
+class TowerConfig:
+    """One modality's tower: its kind and, for a token tower, how many tokens it takes and keeps.
+
+    ``token_blocks`` and ``sparse_mode`` only shape sparse towers; config.json holds one value of each for both.
+    """
+
+    kind: str = "mlp"  # "mlp": pooled latents (B, D); "sparse": token latents (B, tokens, D), see fusion.sparse
+    tokens: int | None = None  # sparse: K token latents per item (what the encoder is asked for); None for mlp
+    keep: int | None = None  # sparse: tokens kept of the K (keep = tokens keeps all); None for mlp
+    token_blocks: int = 1  # sparse: transformer blocks over the kept tokens
+    sparse_mode: str = "topk"  # sparse: "topk" (scored selection) or "slots" (learned query slots)
+
+    def check(self, modality: str, *, tokens_known: bool = True) -> None:
+        """Every rule on a tower's arguments, in one place; ``tokens_known=False`` before K is read from a cache."""
+
+        def fail(message: str, *fields: str) -> NoReturn:
+            raise TowerConfigError(modality, fields, message)
+
+        if self.kind not in ADAPTER_KINDS:
+            fail(f"kind must be one of {ADAPTER_KINDS}, got {self.kind!r}", "kind")
+        if self.sparse_mode not in SPARSE_MODES:
+            fail(f"sparse_mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}", "sparse_mode")
+        if self.token_blocks < 1:
+            fail(f"token_blocks must be >= 1, got {self.token_blocks}", "token_blocks")
+        if self.kind == "mlp":
+            for field, value in (("keep", self.keep), ("tokens", self.tokens)):
+                if value is not None:
+                    fail(
+                        f"{field} is only for kind 'sparse' (kind 'mlp' takes pooled latents), got {value}",
+                        field,
+                        "kind",
+                    )
+            return
+        if self.keep is None or self.keep < 1:
+            fail(f"kind 'sparse' needs keep >= 1, got {self.keep}", "keep", "kind")
+        if not tokens_known:
+            return
+        if self.tokens is None or self.tokens < 1:
+            fail(f"kind 'sparse' needs tokens >= 1 (token latents per item), got {self.tokens}", "tokens", "kind")
+        if self.keep > self.tokens:
+            fail(f"keep must be in [1, tokens={self.tokens}], got {self.keep}", "keep")
+
+
+# config.json keeps the flat names it has always had; which flat key holds each TowerConfig field of each tower
+FLAT_KEYS = {
+    "audio": {
+        "kind": "audio_adapter",
+        "tokens": "audio_tokens",
+        "keep": "keep",
+        "token_blocks": "token_blocks",
+        "sparse_mode": "sparse_mode",
+    },
+    "text": {
+        "kind": "text_adapter",
+        "tokens": "text_tokens",
+        "keep": "text_keep",
+        "token_blocks": "token_blocks",
+        "sparse_mode": "sparse_mode",
+    },
+}
+SPARSE_ONLY = ("tokens", "keep", "token_blocks", "sparse_mode")  # fields an mlp tower does not use
+
+
+def tower_configs(flat: Mapping[str, Any]) -> dict[str, TowerConfig]:
+    """The towers described by flat config names (config.json, TrainConfig); absent keys take the defaults."""
+    defaults = TowerConfig()
+    return {
+        modality: TowerConfig(**{f: flat.get(key, getattr(defaults, f)) for f, key in keys.items()})
+        for modality, keys in FLAT_KEYS.items()
+    }
+
+
+def flat_tower_args(towers: Mapping[str, TowerConfig]) -> dict[str, Any]:
+    """The flat config names for typed towers; sparse towers must agree on the fields config.json shares."""
+    flat: dict[str, Any] = {}
+    for modality in MODALITIES:
+        tower = towers.get(modality, TowerConfig())
+        tower.check(modality)
+        for field, key in FLAT_KEYS[modality].items():
+            value = getattr(tower, field)
+            if tower.kind == "mlp" and field in SPARSE_ONLY:
+                continue
+            if key in flat and flat[key] != value:
+                raise TowerConfigError(
+                    modality,
+                    (field,),
+                    f"{field} is shared by both towers in config.json: got {flat[key]!r} and {value!r}",
+                )
+            flat[key] = value
+    return flat
+
+
+def check_towers(towers: Mapping[str, TowerConfig], lock_text: bool = False, *, tokens_known: bool = True) -> None:
+    """The one check of both towers' arguments (FuseMixAdapters, and TrainConfig before the caches are read)."""
+    for modality in MODALITIES:
+        towers[modality].check(modality, tokens_known=tokens_known)
+    if lock_text and towers["text"].kind != "mlp":
+        raise TowerConfigError(
+            "text",
+            ("lock_text", "kind"),
+            f"lock_text keeps text latents as they are, so kind must be 'mlp', got {towers['text'].kind!r}",
+        )
 
 
 def build_tower_for(
-    modality: str,
-    kind: str,
-    in_dim: int,
-    out_dim: int,
-    num_blocks: int,
-    expansion: int,
-    dropout: float,
-    tokens: int | None = None,
-    keep: int | None = None,
-    sparse_mode: str = "topk",
-    token_blocks: int = 1,
+    tower: TowerConfig, in_dim: int, out_dim: int, num_blocks: int, expansion: int, dropout: float
 ) -> nn.Module:
-    """The ``modality`` tower for adapter ``kind``; one branch per kind, so a new kind is one ``if``."""
-    if kind == "mlp":  # pooled latents (B, D)
-        if tokens is not None or keep is not None:
-            raise ValueError(
-                f"{modality}_adapter 'mlp' takes pooled latents: {modality}_tokens and its keep must be unset, "
-                f"got tokens={tokens}, keep={keep}"
-            )
+    """The module for a checked ``tower``; one branch per kind, so a new kind is one ``if`` (and one rule in check)."""
+    if tower.kind == "mlp":  # pooled latents (B, D)
         return build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
-    if kind == "sparse":  # token latents (B, K, D); see fusion.sparse
-        if tokens is None or keep is None:
-            raise ValueError(
-                f"{modality}_adapter 'sparse' needs {modality}_tokens (K) and keep (k), got tokens={tokens}, keep={keep}"
-            )
-        return SparsePoolTower(in_dim, out_dim, tokens, keep, sparse_mode, num_blocks, expansion, dropout, token_blocks)
-    raise ValueError(f"{modality}_adapter must be one of {ADAPTER_KINDS}, got {kind!r}")
+    # token latents (B, K, D); see fusion.sparse
+    return SparsePoolTower(
+        in_dim, out_dim, tower.tokens, tower.keep, tower.sparse_mode, num_blocks, expansion, dropout, tower.token_blocks
+    )
 
 
 def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -> int:
@@ -90,11 +169,13 @@ def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -
 class FuseMixAdapters(ModelMixin, ConfigMixin):
     """Audio and text adapter towers (``self.towers["audio"|"text"]``) and a learnable temperature.
 
+    Each tower is described by a ``TowerConfig`` (``self.tower_configs[modality]``), checked once here. config.json
+    keeps flat names (see ``FLAT_KEYS``), so configs saved by earlier versions load unchanged:
     ``audio_adapter="sparse"`` takes token latents (B, audio_tokens, D) and keeps ``keep`` of them (fusion.sparse);
-    ``audio_tokens`` in config.json tells the generator how many tokens to ask the audio encoder for (None: pooled).
+    ``audio_tokens`` tells the generator how many tokens to ask the audio encoder for (None: pooled).
     ``text_adapter="sparse"`` does the same for text (B, text_tokens, D) with ``text_keep``: token states keep
     which colour goes with which word, which a mean-pooled sentence vector blurs. ``token_blocks`` sets how many
-    transformer blocks a sparse tower runs over its kept tokens.
+    transformer blocks a sparse tower runs over its kept tokens. ``from_towers`` builds one from typed configs.
     """
 
     @register_to_config
@@ -126,44 +207,32 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         shared = resolve_shared_dim(shared_dim, text_dim, lock_text)
         self.register_to_config(shared_dim=shared)  # the resolved width, so config.json tells it plainly
-        if sparse_mode not in SPARSE_MODES:
-            raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {sparse_mode!r}")
-        if lock_text and text_adapter != "mlp":
-            raise ValueError(
-                f"lock_text keeps text latents as they are: text_adapter must be 'mlp', got {text_adapter!r}"
-            )
-        text_tower = (
-            nn.Identity()
-            if lock_text
-            else build_tower_for(
-                "text",
-                text_adapter,
-                text_dim,
-                shared,
-                num_blocks,
-                expansion,
-                dropout,
-                text_tokens,
-                text_keep,
-                sparse_mode,
-                token_blocks,
-            )
-        )
-        audio_tower = build_tower_for(
-            "audio",
-            audio_adapter,
-            audio_dim,
-            shared,
-            num_blocks,
-            expansion,
-            dropout,
-            audio_tokens,
-            keep,
-            sparse_mode,
-            token_blocks,
-        )
-        self.towers = nn.ModuleDict({"audio": audio_tower, "text": text_tower})
+        flat = dict(audio_adapter=audio_adapter, audio_tokens=audio_tokens, keep=keep, sparse_mode=sparse_mode)
+        flat.update(text_adapter=text_adapter, text_tokens=text_tokens, text_keep=text_keep, token_blocks=token_blocks)
+        self.tower_configs = tower_configs(flat)
+        check_towers(self.tower_configs, lock_text)
+        block_args = (num_blocks, expansion, dropout)
+        dims = {"audio": audio_dim, "text": text_dim}
+        built = {}
+        for modality in ("text", "audio"):  # text first: the order the random init has always drawn in
+            tower = self.tower_configs[modality]
+            locked = modality == "text" and lock_text
+            built[modality] = nn.Identity() if locked else build_tower_for(tower, dims[modality], shared, *block_args)
+        self.towers = nn.ModuleDict({"audio": built["audio"], "text": built["text"]})
         self.temperature = nn.Parameter(torch.tensor(TEMPERATURE_INIT))
+
+    @classmethod
+    def from_towers(
+        cls,
+        audio_dim: int,
+        text_dim: int,
+        audio: TowerConfig | None = None,
+        text: TowerConfig | None = None,
+        **kwargs: Any,
+    ) -> FuseMixAdapters:
+        """Build from typed tower configs (default: mlp); ``kwargs`` are the other arguments of ``__init__``."""
+        towers = {"audio": audio or TowerConfig(), "text": text or TowerConfig()}
+        return cls(audio_dim=audio_dim, text_dim=text_dim, **flat_tower_args(towers), **kwargs)
 
     @property
     def shared_dim(self) -> int:
@@ -198,20 +267,19 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
 
     def tokens_for(self, modality: str) -> int | None:
         """K token latents per item that ``modality``'s tower takes, or None for pooled latents."""
-        return self.config.get(f"{modality}_tokens")
+        return self.tower_configs[modality].tokens
 
     def check_shape(self, modality: str, x: torch.Tensor) -> None:
-        """One clear line when pooled latents meet a token tower or the other way round."""
+        """One clear line when pooled latents meet a token tower, the other way round, or K differs."""
         tokens = self.tokens_for(modality)
         if tokens is None and x.ndim != 2:
             raise ValueError(
-                f"{modality}_adapter 'mlp' takes pooled latents (batch, dim), got shape {tuple(x.shape)}; "
-                "use a pooled cache"
+                f"{modality} tower (kind 'mlp') takes pooled latents (batch, dim), got shape {tuple(x.shape)}"
             )
-        if tokens is not None and x.ndim != 3:
+        if tokens is not None and (x.ndim != 3 or x.shape[1] != tokens):
             raise ValueError(
-                f"{modality}_adapter 'sparse' takes token latents (batch, {tokens}, dim), got shape "
-                f"{tuple(x.shape)}; use a cache written with --tokens {tokens}"
+                f"{modality} tower (kind 'sparse') takes token latents (batch, {tokens}, dim), "
+                f"got shape {tuple(x.shape)}"
             )
 
     def forward(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Sparse-pooling audio tower for token-level latents (the Sparse Fusion Transformers idea).
+"""Sparse-pooling tower for token-level latents (the Sparse Fusion Transformers idea).
 
 A mean over an encoder's frames blurs the few frames that carry the content. This tower keeps only ``keep`` of the
 K tokens of a clip before anything costly runs on them, so its cost grows with ``keep``, not K:
@@ -22,34 +22,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SPARSE_MODES = ("topk", "slots")
+from fusion.blocks import TokenBlock, build_tower, num_heads_for
 
-
-def num_heads_for(dim: int, head_dim: int = 64) -> int:
-    """Heads of ``head_dim`` channels when ``dim`` splits evenly into them, else one head."""
-    return dim // head_dim if dim % head_dim == 0 and dim >= head_dim else 1
-
-
-class TokenBlock(nn.Module):
-    """Pre-LN transformer block over a small token set: ``x + attn(LN(x))`` then ``x + MLP(LN(x))``."""
-
-    def __init__(self, dim: int, expansion: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads_for(dim), dropout=dropout, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, dim * expansion), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * expansion, dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
+SPARSE_MODES = ("topk", "slots")  # how a sparse tower keeps `keep` of its tokens; see the module docstring
 
 
 class SparsePoolTower(nn.Module):
-    """(B, K, D) token latents -> (B, out_dim): keep ``keep`` tokens, mix them, pool, then the FuseMix tower."""
+    """(B, K, D) token latents -> (B, out_dim): keep ``keep`` tokens, mix them, pool, then the FuseMix tower.
+
+    Build it through ``FuseMixAdapters`` (or check a ``fusion.adapters.TowerConfig`` first): it does not re-check
+    its arguments beyond one assert.
+    """
 
     def __init__(
         self,
@@ -64,16 +47,8 @@ class SparsePoolTower(nn.Module):
         token_blocks: int = 1,
     ) -> None:
         super().__init__()
-        from fusion.adapters import build_tower  # local: adapters imports this module
-
-        if mode not in SPARSE_MODES:
-            raise ValueError(f"sparse_mode must be one of {SPARSE_MODES}, got {mode!r}")
-        if num_tokens < 1:
-            raise ValueError(f"audio_tokens must be >= 1, got {num_tokens}")
-        if not 1 <= keep <= num_tokens:
-            raise ValueError(f"keep must be in [1, audio_tokens={num_tokens}], got {keep}")
-        if token_blocks < 1:
-            raise ValueError(f"token_blocks must be >= 1, got {token_blocks}")
+        # the arguments are checked once, with messages naming the modality, by fusion.adapters.TowerConfig.check
+        assert mode in SPARSE_MODES and 1 <= keep <= num_tokens and token_blocks >= 1, "see TowerConfig.check"
         self.num_tokens, self.keep, self.mode = num_tokens, keep, mode
         self.position = nn.Parameter(torch.zeros(num_tokens, in_dim))
         nn.init.normal_(self.position, std=0.02)
@@ -96,8 +71,7 @@ class SparsePoolTower(nn.Module):
         """The ``keep`` tokens that go on: (kept tokens (B, keep, D), their indices, their gates); slots: no indices."""
         if x.ndim != 3 or x.shape[1] != self.num_tokens:
             raise ValueError(
-                f"sparse adapter takes token latents (batch, {self.num_tokens}, dim), got shape {tuple(x.shape)}; "
-                f"use a cache written with --tokens {self.num_tokens}"
+                f"sparse tower takes token latents (batch, {self.num_tokens}, dim), got shape {tuple(x.shape)}"
             )
         tokens = x + self.position
         if self.mode == "slots":

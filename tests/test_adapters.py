@@ -1,12 +1,15 @@
 """FuseMix adapters, mixup and loss on tiny random inputs."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from fusion.adapters import FuseMixAdapters
+from fusion.adapters import FuseMixAdapters, TowerConfig, TowerConfigError, flat_tower_args
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 
@@ -62,7 +65,7 @@ def test_bad_inputs_rejected():
         model.encode({"audio": torch.randn(2, 3, 12)})
     with pytest.raises(ValueError, match="unknown modality"):
         model.encode({"image": torch.randn(2, 12)})
-    with pytest.raises(ValueError, match="audio_adapter"):
+    with pytest.raises(ValueError, match="audio tower: kind must be one of"):
         FuseMixAdapters(audio_dim=4, text_dim=4, audio_adapter="nope")
 
 
@@ -132,3 +135,117 @@ def test_infonce_matches_manual_and_prefers_aligned():
     rows = slice(3, 6)
     manual_part = (F.cross_entropy(logits[rows], labels[rows]) + F.cross_entropy(logits.T[rows], labels[rows])) / 2
     assert part.item() == pytest.approx(manual_part.item(), rel=1e-6)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints" / "demo" / "adapters"
+
+
+def test_tower_errors_name_the_modality_at_fault():
+    with pytest.raises(TowerConfigError, match=r"^text tower: keep must be in \[1, tokens=4\], got 6$") as err:
+        FuseMixAdapters(audio_dim=8, text_dim=8, text_adapter="sparse", text_tokens=4, text_keep=6)
+    assert (err.value.modality, err.value.fields) == ("text", ("keep",))
+    with pytest.raises(TowerConfigError, match=r"^audio tower: keep must be in \[1, tokens=4\], got 6$"):
+        FuseMixAdapters(audio_dim=8, text_dim=8, audio_adapter="sparse", audio_tokens=4, keep=6)
+    with pytest.raises(TowerConfigError, match="text tower: keep is only for kind 'sparse'"):
+        FuseMixAdapters(audio_dim=8, text_dim=8, text_keep=2)
+    for bad in (
+        TowerConfig("sparse", tokens=4, keep=0),
+        TowerConfig("sparse", keep=2),
+        TowerConfig("sparse", tokens=4, keep=2, token_blocks=0),
+        TowerConfig("sparse", tokens=4, keep=2, sparse_mode="best"),
+        TowerConfig("mlp", tokens=4),
+    ):
+        with pytest.raises(TowerConfigError) as err:
+            bad.check("text")
+        assert str(err.value).startswith("text tower: ") and "--" not in str(err.value)
+    TowerConfig("sparse", keep=2).check("audio", tokens_known=False)  # K comes later, from the cache
+
+
+def test_typed_towers_build_the_same_model_as_flat_names():
+    audio = TowerConfig("sparse", tokens=8, keep=3, token_blocks=2)
+    text = TowerConfig("sparse", tokens=4, keep=4, token_blocks=2)
+    torch.manual_seed(0)
+    typed = FuseMixAdapters.from_towers(12, 10, audio=audio, text=text, num_blocks=1)
+    torch.manual_seed(0)
+    flat = FuseMixAdapters(
+        audio_dim=12, text_dim=10, num_blocks=1, audio_adapter="sparse", audio_tokens=8, keep=3,
+        text_adapter="sparse", text_tokens=4, text_keep=4, token_blocks=2,
+    )  # fmt: skip
+    assert typed.tower_configs == {"audio": audio, "text": text} == flat.tower_configs
+    public = [{k: v for k, v in m.config.items() if not k.startswith("_")} for m in (typed, flat)]
+    assert public[0] == public[1]
+    for (name, a), (_, b) in zip(typed.state_dict().items(), flat.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert typed.tokens_for("audio") == 8 and typed.tokens_for("text") == 4
+    assert FuseMixAdapters.from_towers(4, 4).tower_configs["text"] == TowerConfig()
+    with pytest.raises(TowerConfigError, match="text tower: token_blocks is shared by both towers"):
+        flat_tower_args({"audio": audio, "text": TowerConfig("sparse", tokens=4, keep=2, token_blocks=1)})
+    # an mlp tower's sparse-only fields do not clash with the sparse tower's
+    assert flat_tower_args({"audio": audio, "text": TowerConfig()})["token_blocks"] == 2
+
+
+def test_old_style_config_loads_with_identical_outputs(tmp_path):
+    """A config.json with only the flat names of earlier versions (no token_blocks yet) loads and gives the same
+    outputs; the stored config still holds only those flat names."""
+    torch.manual_seed(0)
+    model = FuseMixAdapters(
+        audio_dim=12, text_dim=10, num_blocks=1, audio_adapter="sparse", audio_tokens=8, keep=3,
+        text_adapter="sparse", text_tokens=4, text_keep=2,
+    ).eval()  # fmt: skip
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    old_names = {"audio_dim", "text_dim", "shared_dim", "num_blocks", "expansion", "dropout", "lock_text"}
+    old_names |= {"audio_adapter", "audio_tokens", "keep", "sparse_mode", "text_adapter", "text_tokens", "text_keep"}
+    assert set(saved) - {"_class_name", "_diffusers_version"} == old_names | {"token_blocks"}
+    del saved["token_blocks"]  # as configs were written before token_blocks existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = FuseMixAdapters.from_pretrained(tmp_path).eval()
+    assert loaded.tower_configs == {
+        "audio": TowerConfig("sparse", tokens=8, keep=3),
+        "text": TowerConfig("sparse", tokens=4, keep=2),
+    }
+    x = {"audio": torch.randn(3, 8, 12), "text": torch.randn(3, 4, 10)}
+    with torch.no_grad():
+        want, got = model.encode(x), loaded.encode(x)
+    assert all(torch.equal(want[k], got[k]) for k in x)
+
+
+def test_shipped_checkpoint_loads_as_typed_towers():
+    """checkpoints/demo/adapters (old flat names) loads into the towers its names describe, weights and all."""
+    config = json.loads((SHIPPED / "config.json").read_text())
+    assert "token_blocks" not in config and config["audio_adapter"] == "sparse"
+    loaded = FuseMixAdapters.from_pretrained(SHIPPED).eval()
+    audio = TowerConfig("sparse", tokens=config["audio_tokens"], keep=config["keep"])
+    text = TowerConfig("sparse", tokens=config["text_tokens"], keep=config["text_keep"])
+    assert loaded.tower_configs == {"audio": audio, "text": text}
+    arch = {k: config[k] for k in ("shared_dim", "num_blocks", "expansion", "dropout")}
+    typed = FuseMixAdapters.from_towers(config["audio_dim"], config["text_dim"], audio=audio, text=text, **arch)
+    typed.load_state_dict(load_file(SHIPPED / "diffusion_pytorch_model.safetensors"), strict=True)
+    gen = torch.Generator().manual_seed(0)
+    x = {
+        "audio": torch.randn(2, audio.tokens, 384, generator=gen),
+        "text": torch.randn(2, text.tokens, 384, generator=gen),
+    }
+    with torch.no_grad():
+        want, got = typed.eval().encode(x), loaded.encode(x)
+    assert all(torch.equal(want[k], got[k]) for k in x)
+
+
+def fusion_imports(module: str) -> set[str]:
+    """The fusion.* modules ``module`` imports, anywhere in its file (lazy imports inside functions too)."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {name for name in names if name.startswith("fusion.")}
+
+
+def test_sparse_does_not_import_adapters():
+    """No import cycle: everything fusion.sparse reaches, directly or not, stands without fusion.adapters."""
+    seen, todo = set(), ["fusion.sparse"]
+    while todo:
+        module = todo.pop()
+        seen.add(module)
+        todo += sorted(fusion_imports(module) - seen)
+    assert seen == {"fusion.sparse", "fusion.blocks"}
+    assert {"fusion.blocks", "fusion.sparse"} <= fusion_imports("fusion.adapters")

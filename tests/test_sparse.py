@@ -101,18 +101,18 @@ def test_sparse_adapter_saves_and_loads(tmp_path, mode):
 
 
 def test_bad_arguments_and_shapes_fail_clearly():
-    with pytest.raises(ValueError, match="keep must be in"):
+    with pytest.raises(ValueError, match=r"audio tower: keep must be in \[1, tokens=8\], got 9"):
         sparse_adapters(keep=9)
-    with pytest.raises(ValueError, match="needs audio_tokens"):
+    with pytest.raises(ValueError, match="audio tower: kind 'sparse' needs tokens >= 1"):
         FuseMixAdapters(audio_dim=4, text_dim=4, audio_adapter="sparse", keep=2)
-    with pytest.raises(ValueError, match="'mlp' takes pooled latents"):
+    with pytest.raises(ValueError, match="audio tower: keep is only for kind 'sparse'"):
         FuseMixAdapters(audio_dim=4, text_dim=4, keep=2)
-    with pytest.raises(ValueError, match="sparse_mode"):
+    with pytest.raises(ValueError, match="audio tower: sparse_mode must be one of"):
         sparse_adapters(sparse_mode="best")
     model = sparse_adapters()
-    with pytest.raises(ValueError, match="token latents"):
+    with pytest.raises(ValueError, match=r"audio tower \(kind 'sparse'\) takes token latents \(batch, 8, dim\)"):
         model.encode({"audio": torch.randn(2, 12)})
-    with pytest.raises(ValueError, match="--tokens 8"):
+    with pytest.raises(ValueError, match=r"token latents \(batch, 8, dim\), got shape \(2, 5, 12\)"):
         model.encode({"audio": torch.randn(2, 5, 12)})
 
 
@@ -170,12 +170,12 @@ def test_trainer_refuses_mismatched_caches(tmp_path):
         )
     with pytest.raises(FusemixError, match="needs pooled latents"):
         train_cli.main([*args, "--audio-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
-    with pytest.raises(FusemixError, match="exceeds the 16 tokens"):
+    with pytest.raises(FusemixError, match=r"audio tower: keep must be in \[1, tokens=16\], got 17: .* \(--keep\)"):
         train_cli.main(
             [*args, "--audio-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "c")]
             + ["--audio-adapter", "sparse", "--keep", "17"]
         )
-    with pytest.raises(ValueError, match="--keep is for"):
+    with pytest.raises(FusemixError, match=r"audio tower: keep is only for kind 'sparse'.*\(--keep, --audio-adapter\)"):
         train_cli.main(
             [*args, "--audio-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "d")] + ["--keep", "2"]
         )
@@ -227,12 +227,12 @@ def test_token_text_tower_keeps_word_order_that_mean_pooling_loses(tmp_path):
 
 
 def test_text_tower_arguments_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="text_adapter 'sparse' needs text_tokens"):
+    with pytest.raises(ValueError, match="text tower: kind 'sparse' needs tokens"):
         FuseMixAdapters(audio_dim=4, text_dim=4, text_adapter="sparse", text_keep=2)
-    with pytest.raises(ValueError, match="lock_text"):
+    with pytest.raises(ValueError, match="text tower: lock_text keeps text latents as they are"):
         FuseMixAdapters(audio_dim=4, text_dim=4, lock_text=True, text_adapter="sparse", text_tokens=4, text_keep=2)
     model = FuseMixAdapters(audio_dim=4, text_dim=4, text_adapter="sparse", text_tokens=4, text_keep=4)
-    with pytest.raises(ValueError, match="text_adapter 'sparse' takes token latents"):
+    with pytest.raises(ValueError, match=r"text tower \(kind 'sparse'\) takes token latents"):
         model.encode({"text": torch.randn(2, 4)})
     write_order_matters(tmp_path, "train", 8, seed=0)
     args = ["--audio-latents", str(tmp_path / "train" / "audio"), "--epochs", "1", "--no-progress"]
@@ -243,7 +243,7 @@ def test_text_tower_arguments_fail_clearly(tmp_path):
         )
     with pytest.raises(FusemixError, match="--text-adapter mlp needs pooled latents"):
         train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
-    with pytest.raises(ValueError, match="--text-keep is for"):
+    with pytest.raises(FusemixError, match=r"text tower: keep is only .*\(--text-keep, --text-adapter\)"):
         train_cli.main(
             [*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
             + ["--text-keep", "2"]
@@ -259,9 +259,9 @@ def test_token_blocks_stack_transformer_blocks_and_round_trip(tmp_path):
     loaded = FuseMixAdapters.from_pretrained(tmp_path / "ckpt").eval()
     x = torch.randn(2, 8, 12)
     torch.testing.assert_close(loaded.encode({"audio": x})["audio"], model.encode({"audio": x})["audio"])
-    with pytest.raises(ValueError, match="token_blocks"):
-        SparsePoolTower(in_dim=12, out_dim=16, num_tokens=8, keep=2, token_blocks=0)
-    with pytest.raises(ValueError, match="token-blocks"):
+    with pytest.raises(ValueError, match="audio tower: token_blocks must be >= 1, got 0"):
+        sparse_adapters(token_blocks=0)
+    with pytest.raises(FusemixError, match=r"token_blocks must be >= 1, got 0 \(--token-blocks\)"):
         train_cli.parse_config(
             ["--audio-latents", "a", "--text-latents", "t", "--out", "o", "--token-blocks", "0"]
         ).check()
