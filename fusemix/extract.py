@@ -7,6 +7,16 @@
 
 Re-running the same command resumes an interrupted run. Unreadable audio files are skipped and listed in
 OUT/failures.json (``--strict`` stops instead).
+
+Several processes or machines, one folder (the merged cache equals a one-process run):
+
+    torchrun --nproc_per_node 8 -m fusemix extract ... --device cuda          # one GPU per process
+    accelerate launch --num_processes 8 -m fusemix extract ... --device cuda  # the same through accelerate
+    fusemix extract ... --num-shards 16 --shard-index $SLURM_ARRAY_TASK_ID     # one part per job of an array
+    fusemix extract --finalize --out latents/audio   # if no part could write the manifest (e.g. one was re-run)
+
+Under a launcher rank 0 writes OUT/manifest.json after all ranks are done; in a job array the last part to finish
+does. Each part resumes on its own: re-run the same command (same --shard-index) after a crash.
 """
 
 from __future__ import annotations
@@ -19,13 +29,13 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fusion.cache import MANIFEST
-from fusion.extract import FAILURES, ExtractConfig, extract
+from fusion.extract import FAILURES, ExtractConfig, current_part, extract, finalize
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusemix extract", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    parser.add_argument("--encoder", required=True, help="encoder name, e.g. whisper-tiny.en or all-MiniLM-L6-v2")
-    parser.add_argument("--manifest", required=True, type=Path, help="AudioCaps CSV, Clotho captions CSV or JSONL/CSV")
+    parser.add_argument("--encoder", help="encoder name, e.g. whisper-tiny.en or all-MiniLM-L6-v2 (required)")
+    parser.add_argument("--manifest", type=Path, help="AudioCaps CSV, Clotho captions CSV or JSONL/CSV (required)")
     parser.add_argument("--out", required=True, type=Path, help="cache folder to write (or resume)")
     parser.add_argument("--tokens", type=int, default=None, help="keep K tokens per item instead of one pooled vector")
     parser.add_argument("--batch-size", type=int, default=16, help="items per encoder call (default 16)")
@@ -36,11 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longer audio is a failure (default 60)")
     parser.add_argument("--workers", type=int, default=2, help="audio decoding threads (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the work into N parts, e.g. a job array")
+    parser.add_argument("--shard-index", type=int, default=0, help="the part this job encodes, 0..N-1 (default 0)")
+    parser.add_argument(
+        "--finalize", action="store_true", help="only write OUT/manifest.json from the finished parts (needs --out)"
+    )
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.finalize:
+        missing = [flag for flag in ("--encoder", "--manifest") if getattr(args, flag[2:]) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
+
+
 def parse_config(argv: list[str] | None) -> ExtractConfig:
-    args = build_parser().parse_args(argv)
+    return config_from_args(parse_args(argv))
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         encoder=args.encoder,
         manifest=args.manifest,
@@ -54,14 +82,29 @@ def parse_config(argv: list[str] | None) -> ExtractConfig:
         progress=not args.no_progress,
         max_seconds=args.max_seconds,
         workers=args.workers,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+    args = parse_args(argv)
     start = time.perf_counter()
-    with logging_redirect_tqdm():  # warnings about skipped files print above the bar, not through it
-        out = extract(config)
+    if args.finalize:
+        out = finalize(args.out, manifest=args.manifest, audio_dir=args.audio_dir, encoder=args.encoder)
+    else:
+        config = config_from_args(args)
+        with logging_redirect_tqdm():  # warnings about skipped files print above the bar, not through it
+            out = extract(config)
+        part = current_part(config)
+        if part.rank > 0:
+            return 0  # rank 0 reports for the launcher's processes
+        if not (out / MANIFEST).is_file():
+            print(
+                f"part {part.index} of 0..{part.count - 1} done in {out} ({time.perf_counter() - start:.1f} s); "
+                f"the last part to finish writes {MANIFEST} (or: fusemix extract --finalize --out {out})"
+            )
+            return 0
     seconds = time.perf_counter() - start
     meta = json.loads((out / MANIFEST).read_text())
     shape = (meta["count"], meta["tokens"], meta["dim"]) if meta["tokens"] else (meta["count"], meta["dim"])

@@ -5,7 +5,8 @@ Layout of a cache folder::
     manifest.json          # written last, atomically: encoder, modality, dim, dtype, pooling, tokens,
                            # count, ids, clip_ids, texts (captions only), shards [{file, count}]
     shard-00000.npy        # float array (n, dim) or (n, tokens, dim)
-    progress.json          # during extraction only: shards finished so far (for resume)
+    progress.json          # during extraction only: shards finished so far (for resume); one file per part,
+                           # progress-partIIIII-of-NNNNN.json, when several processes or machines share the work
 
 Training reads whole arrays (``load_latents``) and indexes batches at once.
 """
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from fusion.errors import FusemixError
+from fusion.errors import CheckpointError, FusemixError
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
+PROGRESS_GLOB = "progress*.json"  # progress.json and the per-part progress-part*.json
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -56,7 +58,14 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def shard_name(index: int) -> str:
+    """File of shard ``index``, i.e. of items ``[index * shard_size, (index + 1) * shard_size)``: the name follows
+    from the item range alone, so processes sharing one folder never pick the same name for different items."""
     return f"shard-{index:05d}.npy"
+
+
+def progress_name(part: int = 0, parts: int = 1) -> str:
+    """Progress file of one part of an extraction split ``parts`` ways (``progress.json`` when it is not split)."""
+    return PROGRESS if parts == 1 else f"progress-part{part:05d}-of-{parts:05d}.json"
 
 
 @dataclass
@@ -107,24 +116,33 @@ def load_latents(folder: Path, mmap: bool = False) -> Latents:
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        hint = " (extraction unfinished: re-run fusemix extract to resume)" if (folder / PROGRESS).exists() else ""
+        unfinished = any(folder.glob(PROGRESS_GLOB))
+        hint = " (extraction unfinished: re-run fusemix extract to resume)" if unfinished else ""
         raise FusemixError(f"no latent cache at {folder}: {MANIFEST} missing{hint}")
-    meta = json.loads(manifest_path.read_text())
+    try:
+        meta = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"latent cache {manifest_path}: not valid JSON (truncated?): {err}") from None
     parts = []
     for shard in meta["shards"]:
         path = folder / shard["file"]
         if not path.is_file():
-            raise FusemixError(f"latent cache {folder} is missing shard {shard['file']}")
-        part = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            raise CheckpointError(f"latent cache {folder} is missing shard {shard['file']}")
+        try:
+            part = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise CheckpointError(f"latent cache {path}: not a readable .npy shard (truncated?): {err}") from None
         if len(part) != shard["count"]:
-            raise FusemixError(
+            raise CheckpointError(
                 f"latent cache {folder}: {shard['file']} holds {len(part)} rows, manifest says {shard['count']}"
             )
         parts.append(part)
     array = parts[0] if len(parts) == 1 else np.concatenate(parts)
     ids, clip_ids, texts = meta.pop("ids"), meta.pop("clip_ids"), meta.pop("texts", None)
     if len(ids) != len(array):
-        raise FusemixError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
+        raise CheckpointError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
+    if meta.get("dim") is not None and int(meta["dim"]) != array.shape[-1]:
+        raise CheckpointError(f"latent cache {folder}: shards hold dim {array.shape[-1]}, {MANIFEST} says {meta['dim']}")
     return Latents(array=array, ids=ids, clip_ids=clip_ids, meta=meta, texts=texts)
 
 

@@ -1,10 +1,18 @@
 """Encode a manifest's audio or captions once with a frozen encoder and cache the latents on disk, resumably.
 
-The item list is cut into fixed shards of ``shard_size`` items. Each finished shard is saved atomically as
-``shard-NNNNN.npy`` and then recorded in ``progress.json``; a re-run with the same arguments skips recorded
-shards, so ``kill -9`` loses at most the shard in flight. ``manifest.json`` (the format of ``fusion.cache``) is
-written last, and ``progress.json`` removed, once every shard is done. Audio files that cannot be decoded are
-skipped and listed in ``failures.json`` unless ``strict`` is set.
+The item list is cut into fixed shards of ``shard_size`` items; shard ``k`` holds items ``[k * shard_size,
+(k + 1) * shard_size)`` and is saved atomically as ``shard-<k>.npy``, then recorded in a progress file. A re-run
+with the same arguments skips recorded shards, so ``kill -9`` loses at most the shard in flight. ``manifest.json``
+(the format of ``fusion.cache``) is written last, and the progress files removed, once every shard is done. Audio
+files that cannot be decoded are skipped and listed in ``failures.json`` unless ``strict`` is set.
+
+Scaling out: the shard plan is split into contiguous parts, one per process. ``num_shards``/``shard_index`` pick
+a part for one job of a cluster job array; under ``torchrun`` or ``accelerate launch`` (RANK/WORLD_SIZE in the
+environment) each process further takes its rank's slice, on its own device. Every part writes its shards into the
+same folder (names follow the item ranges, so they never collide) and its own ``progress-partI-of-N.json``.
+Under a launcher, rank 0 writes the manifest after a barrier; across a job array, the part that finishes last does
+(or ``finalize``, i.e. ``fusemix extract --finalize``). Parts that disagree (encoder, tokens, dim, dtype, manifest)
+are refused with one line. The merged cache equals a one-process run: same ids in the same order, same arrays.
 
 Items: an audio encoder gives one latent per clip (id = clip id); a text encoder gives one per caption
 (id = ``<clip id>#<k>``, with the clip id and the caption text kept alongside).
@@ -15,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +35,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fusion.audio import load_audio
-from fusion.cache import MANIFEST, PROGRESS, atomic_save_npy, atomic_write_json, shard_name
-from fusion.errors import AudioError, FusemixError
+from fusion.cache import MANIFEST, PROGRESS_GLOB, atomic_save_npy, atomic_write_json, progress_name, shard_name
+from fusion.errors import AudioError, FusemixError, InputError
 from fusion.manifests import read_manifest
 
 log = logging.getLogger(__name__)
 
 FAILURES = "failures.json"
 FORMAT_VERSION = 1
+# Under a launcher, ranks that finish early wait at a barrier for the slowest one: extractions can take days.
+BARRIER_TIMEOUT = timedelta(days=7)
 
 
 @dataclass
@@ -47,10 +59,12 @@ class ExtractConfig:
     shard_size: int = 1024  # items per shard file: the most work a crash can lose
     strict: bool = False  # any unreadable audio file stops the run instead of being skipped
     audio_dir: Path | None = None  # where relative audio paths resolve (default: the manifest's folder)
-    device: str = "cpu"  # torch device of the encoder
+    device: str = "cpu"  # torch device of the encoder ("cuda" under a launcher: cuda:LOCAL_RANK)
     progress: bool = True  # show a tqdm progress bar
     max_seconds: float = 60.0  # audio longer than this is a failure
     workers: int = 2  # threads decoding audio while the encoder runs
+    num_shards: int = 1  # parts the work is split into across jobs (a cluster job array); 1: not split
+    shard_index: int = 0  # the part this job encodes, 0 <= shard_index < num_shards
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,40 @@ class Item:
     text: str | None = None  # caption items
 
 
+@dataclass(frozen=True)
+class Part:
+    """The slice of the shard plan one process encodes: part ``index`` of ``count`` (job-array part x rank)."""
+
+    index: int = 0
+    count: int = 1
+    rank: int = 0  # rank in the launcher's process group (torchrun, accelerate launch); 0 without one
+    world: int = 1  # processes in that group
+    local_rank: int = 0  # rank on this machine: picks the device
+
+    @property
+    def progress_file(self) -> str:
+        return progress_name(self.index, self.count)
+
+    def shards(self, total: int) -> range:
+        """This part's shard indices (contiguous) in a plan of ``total`` shards."""
+        return range(self.index * total // self.count, (self.index + 1) * total // self.count)
+
+
+def current_part(config: ExtractConfig) -> Part:
+    """This process's part: the job's ``shard_index`` of ``num_shards``, split by a launcher's RANK/WORLD_SIZE."""
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+    try:
+        world, rank, local = (
+            int(os.environ.get(name, default)) for name, default in zip(names, (1, 0, 0), strict=True)
+        )
+    except ValueError:
+        values = ", ".join(f"{name}={os.environ.get(name)!r}" for name in names)
+        raise FusemixError(f"launcher environment: {values}; expected integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise FusemixError(f"launcher environment: RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return Part(config.shard_index * world + rank, config.num_shards * world, rank, world, local)
+
+
 def load_encoder(name: str, device: str = "cpu") -> Any:
     """Indirection so that importing this module does not load any model code (and tests can swap encoders)."""
     from fusion.encoders import load_encoder as _load_encoder
@@ -71,74 +119,52 @@ def load_encoder(name: str, device: str = "cpu") -> Any:
 
 
 def extract(config: ExtractConfig) -> Path:
-    """Run (or resume) one extraction; returns the cache folder, loadable with ``fusion.cache.load_latents``."""
+    """Run (or resume) this process's part of an extraction; returns the cache folder.
+
+    Unsplit, the folder is finished on return (``fusion.cache.load_latents`` reads it). Split, it is finished once
+    the last part is in: see the module docstring for who writes the manifest.
+    """
     _validate(config)
     out = Path(config.out)
+    part = current_part(config)
     clips = read_manifest(config.manifest, config.audio_dir)
-
     finished = _read_json(out / MANIFEST)
     if finished is not None:
         expected = _fingerprint(config, finished.get("modality", ""), _items(clips, finished.get("modality", "")))
         _check_same_run(out, finished.get("fingerprint"), expected, "finished")
         log.info("%s already holds this extraction (%d items); nothing to do", out, finished["count"])
         return out
-    progress = _read_json(out / PROGRESS)
-    if progress is not None:
-        modality = progress.get("modality", "")
-        _check_same_run(
-            out, progress.get("fingerprint"), _fingerprint(config, modality, _items(clips, modality)), "unfinished"
-        )
+    parts = _read_parts(out)
+    _check_unfinished(out, config, clips, parts)
 
-    encoder = load_encoder(config.encoder, device=config.device)
-    modality = _modality(encoder)
-    items = _items(clips, modality)
-    if not items:
-        raise FusemixError(f"manifest {config.manifest}: no {'audio' if modality == 'audio' else 'captions'} to encode")
-    _check_unique_ids(config.manifest, items)
-    fingerprint = _fingerprint(config, modality, items)
-    if progress is None:
-        progress = {"fingerprint": fingerprint, "modality": modality, "encoder": config.encoder, "shards": {}}
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".shard-*.npy.*.tmp"), *out.glob(f".{PROGRESS}.*.tmp")]:
-        stale.unlink(missing_ok=True)  # half-written by a killed run
+    joined = _join_launcher(part)
+    try:
+        encoder = load_encoder(config.encoder, device=_device(config.device, part))
+        modality, items, own = _start_part(out, config, part, encoder, clips, parts)
+        parts[part.progress_file] = own
+        _encode_part(out, config, part, encoder, items, parts)
+        _conclude(out, config, part, items)
+    finally:
+        if joined:
+            import torch.distributed as dist
 
-    plan = [items[i : i + config.shard_size] for i in range(0, len(items), config.shard_size)]
-    done = {int(k) for k, v in progress["shards"].items() if _shard_intact(out, int(k), v)}
-    for index in set(map(int, progress["shards"])) - done:
-        log.warning("%s: shard %d recorded but its file is missing or short; encoding it again", out, index)
-        del progress["shards"][str(index)]
-    if done:
-        log.info("resuming %s: %d of %d shards already done", out, len(done), len(plan))
-
-    bar = tqdm(
-        total=len(items),
-        initial=sum(len(plan[i]) for i in done),
-        unit="clip" if modality == "audio" else "caption",
-        desc=f"extract {config.encoder}",
-        disable=not config.progress,
-    )
-    with bar, ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode") as pool:
-        for index, shard_items in enumerate(plan):
-            if index in done:
-                continue
-            array, failures = _encode_shard(encoder, modality, shard_items, config, pool, bar)
-            if len(array):
-                atomic_save_npy(out / shard_name(index), array)
-            progress["shards"][str(index)] = {"file": shard_name(index), "count": len(array), "failures": failures}
-            atomic_write_json(out / PROGRESS, progress)  # after the shard file: a recorded shard is always on disk
-
-    return _finish(out, config, encoder, modality, plan, progress, fingerprint)
+            dist.destroy_process_group()
+    return out
 
 
 def _validate(config: ExtractConfig) -> None:
     for name in ("batch_size", "shard_size", "workers"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     if config.tokens is not None and (not isinstance(config.tokens, int) or config.tokens < 1):
-        raise ValueError(f"tokens must be a positive integer, got {config.tokens!r}")
+        raise InputError(f"tokens must be a positive integer, got {config.tokens!r}")
+    if not isinstance(config.num_shards, int) or config.num_shards < 1:
+        raise InputError(f"num_shards must be a positive integer, got {config.num_shards!r}")
+    if not isinstance(config.shard_index, int) or not 0 <= config.shard_index < config.num_shards:
+        raise InputError(f"shard_index must be in [0, num_shards={config.num_shards}), got {config.shard_index!r}")
     if config.max_seconds <= 0:
-        raise ValueError(f"max_seconds must be positive, got {config.max_seconds!r}")
+        raise InputError(f"max_seconds must be positive, got {config.max_seconds!r}")
 
 
 def _modality(encoder: Any) -> str:
@@ -169,10 +195,7 @@ def _check_unique_ids(manifest: Path, items: list[Item]) -> None:
 
 
 def _fingerprint(config: ExtractConfig, modality: str, items: list[Item]) -> dict:
-    """What must not change between a run and its resumption."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps([item.id, item.clip_id, str(item.audio) if item.audio else None, item.text]).encode())
+    """What must not change between a run and its resumption, nor between the parts of one run."""
     return {
         "version": FORMAT_VERSION,
         "encoder": config.encoder,
@@ -180,9 +203,15 @@ def _fingerprint(config: ExtractConfig, modality: str, items: list[Item]) -> dic
         "tokens": config.tokens,
         "shard_size": config.shard_size,
         "max_seconds": config.max_seconds if modality == "audio" else None,
-        "items": len(items),
-        "items_sha256": digest.hexdigest(),
+        **_items_fingerprint(items),
     }
+
+
+def _items_fingerprint(items: list[Item]) -> dict:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.id, item.clip_id, str(item.audio) if item.audio else None, item.text]).encode())
+    return {"items": len(items), "items_sha256": digest.hexdigest()}
 
 
 def _check_same_run(out: Path, found: dict | None, expected: dict, state: str) -> None:
@@ -290,30 +319,241 @@ def _latent_dim(encoder: Any, tokens: int | None) -> int:
     return int(getattr(encoder, "token_dim", encoder.dim) if tokens else encoder.dim)
 
 
-def _finish(
-    out: Path,
-    config: ExtractConfig,
-    encoder: Any,
-    modality: str,
-    plan: list[list[Item]],
-    progress: dict,
-    fingerprint: dict,
+def _check_unfinished(out: Path, config: ExtractConfig, clips: list, parts: dict[str, dict]) -> None:
+    """Refuse to resume (or join) parts written with other arguments, before any model is loaded."""
+    expected: dict[str, dict] = {}
+    for progress in parts.values():
+        modality = progress.get("modality", "")
+        if modality not in expected:
+            expected[modality] = _fingerprint(config, modality, _items(clips, modality))
+        _check_same_run(out, progress.get("fingerprint"), expected[modality], "unfinished")
+
+
+def _device(device: str, part: Part) -> str:
+    """One device per process: under a launcher, a bare ``cuda`` means this machine's GPU of rank LOCAL_RANK."""
+    return f"cuda:{part.local_rank}" if part.world > 1 and device == "cuda" else device
+
+
+def _join_launcher(part: Part) -> bool:
+    """Join the launcher's process group (gloo: only a barrier goes over it); False if none or already joined."""
+    if part.world == 1:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", rank=part.rank, world_size=part.world, timeout=BARRIER_TIMEOUT)
+    return True
+
+
+def _start_part(
+    out: Path, config: ExtractConfig, part: Part, encoder: Any, clips: list, parts: dict[str, dict]
+) -> tuple[str, list[Item], dict]:
+    """Check the items and this part against the others, then record (or re-record) this part's progress file."""
+    modality = _modality(encoder)
+    items = _items(clips, modality)
+    if not items:
+        raise FusemixError(f"manifest {config.manifest}: no {'audio' if modality == 'audio' else 'captions'} to encode")
+    _check_unique_ids(config.manifest, items)
+    fingerprint = _fingerprint(config, modality, items)
+    own = parts.get(part.progress_file) or {"fingerprint": fingerprint, "modality": modality, "shards": {}}
+    own.update(
+        encoder=config.encoder,
+        part=[part.index, part.count],
+        meta={
+            "dim": _latent_dim(encoder, config.tokens),
+            "dtype": "float32",
+            "pooling": getattr(encoder, "pooling", None),
+            "sample_rate": getattr(encoder, "sample_rate", None) if modality == "audio" else None,
+        },
+        manifest=str(Path(config.manifest).resolve()),
+        audio_dir=str(Path(config.audio_dir).resolve()) if config.audio_dir else None,
+    )
+    _check_parts_agree(out, {**parts, part.progress_file: own})
+    out.mkdir(parents=True, exist_ok=True)
+    mine = part.shards(-(-len(items) // config.shard_size))
+    stale = [f".{shard_name(index)}.*.tmp" for index in mine] + [f".{part.progress_file}.*.tmp"]
+    for path in [p for pattern in stale for p in out.glob(pattern)]:
+        path.unlink(missing_ok=True)  # half-written by a killed run of this part (other parts' are theirs)
+    atomic_write_json(out / part.progress_file, own)
+    return modality, items, own
+
+
+def _encode_part(
+    out: Path, config: ExtractConfig, part: Part, encoder: Any, items: list[Item], parts: dict[str, dict]
+) -> None:
+    """Encode this part's shards that no progress file records as done; record each one once it is on disk."""
+    own = parts[part.progress_file]
+    modality = own["modality"]
+    plan = [items[i : i + config.shard_size] for i in range(0, len(items), config.shard_size)]
+    mine = part.shards(len(plan))
+    if part.count > 1 and not mine:
+        log.info("part %d of 0..%d: no shards to encode (%d shards in all)", part.index, part.count - 1, len(plan))
+    elif part.count > 1:
+        log.info(
+            "part %d of 0..%d: shards %d-%d of %d (%d items)",
+            *(part.index, part.count - 1, mine.start, mine.stop - 1, len(plan), sum(len(plan[i]) for i in mine)),
+        )
+    done = set(_intact_records(out, parts)) & set(mine)
+    recorded = {int(k) for progress in parts.values() for k in progress["shards"]} & set(mine)
+    for index in sorted(recorded - done):
+        log.warning("%s: shard %d recorded but its file is missing or short; encoding it again", out, index)
+        own["shards"].pop(str(index), None)
+    if done:
+        log.info("resuming %s: %d of this part's %d shards already done", out, len(done), len(mine))
+
+    where = f" [part {part.index} of 0..{part.count - 1}]" if part.count > 1 else ""
+    bar = tqdm(
+        total=sum(len(plan[i]) for i in mine),
+        initial=sum(len(plan[i]) for i in done),
+        unit="clip" if modality == "audio" else "caption",
+        desc=f"extract {config.encoder}{where}",
+        disable=not config.progress or part.rank > 0,  # one bar per machine group is enough
+    )
+    with bar, ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode") as pool:
+        for index in mine:
+            if index in done:
+                continue
+            array, failures = _encode_shard(encoder, modality, plan[index], config, pool, bar)
+            if len(array):
+                atomic_save_npy(out / shard_name(index), array)
+            own["shards"][str(index)] = {"file": shard_name(index), "count": len(array), "failures": failures}
+            atomic_write_json(out / part.progress_file, own)  # after the shard file: a recorded shard is on disk
+
+
+def _conclude(out: Path, config: ExtractConfig, part: Part, items: list[Item]) -> None:
+    """Write the manifest if this process is the one to: alone, rank 0 after the barrier, or the last part in."""
+    source = Path(config.manifest)
+    if part.count == 1:
+        _finalize(out, _read_parts(out), items, source, require=True)
+        return
+    if part.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank of this launcher has recorded its shards
+        if part.rank != 0:
+            return
+    if not _finalize(out, _read_parts(out), items, source, require=part.count == part.world):
+        log.info(
+            "part %d of 0..%d done; the last part to finish writes %s (or run: fusemix extract --finalize --out %s)",
+            part.index,
+            part.count - 1,
+            MANIFEST,
+            out,
+        )
+
+
+def _read_parts(out: Path) -> dict[str, dict]:
+    """Every progress file in ``out`` by name; a file removed meanwhile (another part finalized) is left out."""
+    parts = {}
+    for path in sorted(Path(out).glob(PROGRESS_GLOB)):
+        try:
+            parts[path.name] = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except json.JSONDecodeError as err:
+            raise FusemixError(f"{path}: unreadable ({err.msg}); delete the folder to start over") from None
+    return parts
+
+
+def _check_parts_agree(out: Path, parts: dict[str, dict]) -> None:
+    """One line naming the first thing two parts disagree on (encoder, tokens, dim, dtype, manifest, ...)."""
+    names = {"items": "manifest items", "items_sha256": "manifest contents"}
+    first, *others = sorted(parts)
+    a = {**(parts[first].get("fingerprint") or {}), **(parts[first].get("meta") or {})}
+    for name in others:
+        b = {**(parts[name].get("fingerprint") or {}), **(parts[name].get("meta") or {})}
+        for key in a:
+            if key in b and a[key] != b[key]:
+                values = "" if key == "items_sha256" else f" ({a[key]!r} in {first}, {b[key]!r} in {name})"
+                raise FusemixError(
+                    f"{out}: parts disagree on {names.get(key, key)}{values}; every part must run the same encoder "
+                    "and arguments: re-run the odd part, or use another --out"
+                )
+
+
+def _intact_records(out: Path, parts: dict[str, dict]) -> dict[int, dict]:
+    """Shard index -> a record whose file is on disk with the recorded number of rows, from any part."""
+    records: dict[int, dict] = {}
+    for progress in parts.values():
+        for key, record in progress["shards"].items():
+            if int(key) not in records and _shard_intact(out, int(key), record):
+                records[int(key)] = record
+    return records
+
+
+def finalize(
+    out: Path, manifest: Path | None = None, audio_dir: Path | None = None, encoder: str | None = None
 ) -> Path:
-    """Write failures.json and then manifest.json (last), and drop progress.json."""
+    """Write ``manifest.json`` from the parts' records once all are in (``fusemix extract --finalize``).
+
+    For job arrays whose last part did not finish the folder itself (it was killed, or parts ran at once). The
+    source manifest and audio folder are the ones the parts recorded unless given; ``encoder``, if given, must match.
+    """
+    out = Path(out)
+    parts = _read_parts(out)
+    if not parts:
+        if (out / MANIFEST).is_file():
+            return out
+        raise FusemixError(f"{out}: nothing to finalize (no progress files); run fusemix extract there first")
+    _check_parts_agree(out, parts)
+    first = parts[min(parts)]
+    if encoder is not None and encoder != first.get("encoder"):
+        raise FusemixError(f"{out} holds an extraction by encoder {first.get('encoder')!r}, not --encoder {encoder!r}")
+    if manifest is None and not first.get("manifest"):
+        raise FusemixError(f"{out}: the progress files do not say which manifest was encoded; pass --manifest")
+    source = Path(manifest if manifest is not None else first["manifest"])
+    folder = audio_dir if audio_dir is not None else first.get("audio_dir")
+    items = _items(read_manifest(source, Path(folder) if folder else None), first.get("modality", ""))
+    found = first.get("fingerprint") or {}
+    _check_same_run(out, found, {**found, **_items_fingerprint(items)}, "unfinished")
+    _finalize(out, parts, items, source, require=True)
+    return out
+
+
+def _finalize(out: Path, parts: dict[str, dict], items: list[Item], source: Path, require: bool) -> bool:
+    """Write the manifest if every shard is in; else False, or an error naming what is missing if ``require``."""
+    fingerprint = parts[min(parts)]["fingerprint"]
+    total = -(-len(items) // fingerprint["shard_size"])
+    records = _intact_records(out, parts)
+    missing = [index for index in range(total) if index not in records]
+    if missing and (out / MANIFEST).is_file():
+        return True  # another part finished the folder meanwhile (and removed the progress files we looked for)
+    if missing and require:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise FusemixError(
+            f"{out}: cannot write {MANIFEST}: {len(missing)} of {total} shards not done ({shown}); "
+            "run the parts that hold them (same command, same --shard-index) and finalize again"
+        )
+    if missing:
+        return False
+    _check_parts_agree(out, parts)
+    meta = next((p["meta"] for p in parts.values() if p.get("meta")), None)
+    if meta is None:
+        raise FusemixError(f"{out}: progress written by an older fusemix; re-run fusemix extract there to finish it")
+    plan = [items[i : i + fingerprint["shard_size"]] for i in range(0, len(items), fingerprint["shard_size"])]
+    _write_manifest(out, parts[min(parts)], meta, plan, records, source)
+    for name in parts:
+        (out / name).unlink(missing_ok=True)
+    return True
+
+
+def _write_manifest(
+    out: Path, progress: dict, meta: dict, plan: list[list[Item]], records: dict[int, dict], source: Path
+) -> None:
+    """Write failures.json and then manifest.json (last): rows in item order, the items that failed left out."""
     ids: list[str] = []
     clip_ids: list[str] = []
     texts: list[str] = []
     shards: list[dict] = []
     failures: list[dict] = []
     for index, shard_items in enumerate(plan):
-        record = progress["shards"][str(index)]
+        record = records[index]
         failed = {f["id"] for f in record["failures"]}
         failures.extend(record["failures"])
         kept = [item for item in shard_items if item.id not in failed]
         if len(kept) != record["count"]:
-            raise FusemixError(
-                f"{out}: {PROGRESS} says shard {index} holds {record['count']} rows, expected {len(kept)}"
-            )
+            raise FusemixError(f"{out}: the record of shard {index} says {record['count']} rows, expected {len(kept)}")
         if record["count"]:
             shards.append({"file": record["file"], "count": record["count"]})
         ids += [item.id for item in kept]
@@ -321,19 +561,18 @@ def _finish(
         texts += [item.text or "" for item in kept]
     atomic_write_json(out / FAILURES, failures)
     if not ids:
-        raise FusemixError(
-            f"no item of {config.manifest} could be encoded ({len(failures)} failures, see {out / FAILURES})"
-        )
+        raise FusemixError(f"no item of {source} could be encoded ({len(failures)} failures, see {out / FAILURES})")
+    modality, fingerprint = progress["modality"], progress["fingerprint"]
     manifest = {
-        "encoder": config.encoder,
+        "encoder": fingerprint["encoder"],
         "modality": modality,
-        "dim": _latent_dim(encoder, config.tokens),
-        "dtype": "float32",
-        "pooling": getattr(encoder, "pooling", None),
-        "tokens": config.tokens,
-        "sample_rate": getattr(encoder, "sample_rate", None) if modality == "audio" else None,
+        "dim": meta["dim"],
+        "dtype": meta["dtype"],
+        "pooling": meta["pooling"],
+        "tokens": fingerprint["tokens"],
+        "sample_rate": meta["sample_rate"],
         "count": len(ids),
-        "source_manifest": str(Path(config.manifest).resolve()),
+        "source_manifest": str(source.resolve()),
         "failed": [f["id"] for f in failures],
         "shards": shards,
         "fingerprint": fingerprint,
@@ -343,9 +582,7 @@ def _finish(
     if modality == "text":
         manifest["texts"] = texts
     atomic_write_json(out / MANIFEST, manifest)
-    (out / PROGRESS).unlink(missing_ok=True)
     log.info("wrote %d %s latents to %s (%d failed)", len(ids), modality, out, len(failures))
-    return out
 
 
 def _read_json(path: Path) -> dict | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,16 @@ class FakeAudioEncoder:
     sample_rate = 8000
     pooling = "stats"
 
-    def __init__(self, crash_after: int | None = None, delay: float = 0.0):
+    def __init__(self, crash_after: int | None = None):
         self.calls = 0
         self.items = 0
         self.crash_after = crash_after
-        self.delay = delay
 
     def encode(self, batch: list, tokens: int | None = None) -> np.ndarray:
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise RuntimeError("simulated crash")
         self.calls += 1
         self.items += len(batch)
-        time.sleep(self.delay)
         if tokens:
             return np.stack([[self.token(chunk) for chunk in np.array_split(x, tokens)] for x in batch])
         return np.array([[len(x) / self.sample_rate, x.mean(), x.std(), np.abs(x).max()] for x in batch], np.float32)
@@ -278,7 +277,15 @@ import sys
 sys.path.insert(0, {tests!r})
 import fusion.extract as fx
 from test_extract import FakeAudioEncoder
-fx.load_encoder = lambda name, device="cpu": FakeAudioEncoder(delay=0.15)
+
+class StopsAt(FakeAudioEncoder):
+    def encode(self, batch, tokens=None):
+        if self.calls == {kill_at}:  # shards 0..kill_at-1 are written and recorded: say so, wait to be killed
+            print("ready", flush=True)
+            sys.stdin.read()
+        return super().encode(batch, tokens)
+
+fx.load_encoder = lambda name, device="cpu": StopsAt()
 fx.extract(fx.ExtractConfig("fake-audio", {manifest!r}, {out!r}, batch_size=1, shard_size=1, progress=False))
 """
 
@@ -286,22 +293,24 @@ fx.extract(fx.ExtractConfig("fake-audio", {manifest!r}, {out!r}, batch_size=1, s
 @pytest.mark.slow
 def test_kill_9_loses_at_most_the_shard_in_flight(tmp_path, clips, use_encoder):
     out = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), manifest=str(clips), out=str(out))
+    kill_at = random.randint(1, 4)  # a random point, reached deterministically: the child stops there and says so
+    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), manifest=str(clips), out=str(out), kill_at=kill_at)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    deadline = time.monotonic() + 60
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        while time.monotonic() < deadline:
-            progress = out / PROGRESS
-            if progress.exists() and len(json.loads(progress.read_text())["shards"]) >= 2:
-                break
-            assert proc.poll() is None, "the extraction ended before it could be killed"
-            time.sleep(0.02)
+        # the child answers within seconds; the 300 s is only a safety net against a hung child
+        readable, _, _ = select.select([proc.stdout], [], [], 300)
+        assert readable and proc.stdout.readline() == "ready\n", f"the extraction ended before shard {kill_at}"
         proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
     done = len(json.loads((out / PROGRESS).read_text())["shards"])
-    assert 2 <= done < 5 and not (out / MANIFEST).exists()
+    assert done == kill_at and not (out / MANIFEST).exists(), (done, kill_at)
 
     encoder = use_encoder(FakeAudioEncoder())
     extract(ExtractConfig("fake-audio", clips, out, batch_size=1, shard_size=1, progress=False))
@@ -360,3 +369,183 @@ def test_concat_latents_prefixes_ids_and_refuses_mismatched_caches(tmp_path):
     write_latents(tmp_path / "d", b, ["c0#0"], ["c0"], {**meta, "encoder": "other"})
     with pytest.raises(FusemixError, match="encoder"):
         concat_latents([("a/", tmp_path / "a"), ("d/", tmp_path / "d")], tmp_path / "ad")
+
+
+# --- several processes and machines: parts of one extraction merge into the one-process cache -------------------
+
+
+def cache_state(out: Path) -> tuple[dict, np.ndarray, list]:
+    """Everything a finished cache holds, to compare two of them exactly."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert not list(out.glob("progress*.json")) and not list(out.glob(".*.tmp"))
+    return manifest, load_latents(out).array, json.loads((out / FAILURES).read_text())
+
+
+def assert_same_cache(out: Path, reference: Path) -> None:
+    manifest, array, failures = cache_state(out)
+    ref_manifest, ref_array, ref_failures = cache_state(reference)
+    assert manifest == ref_manifest  # same ids in the same order, same shards, same fingerprint
+    assert array.dtype == ref_array.dtype
+    np.testing.assert_array_equal(array, ref_array)
+    assert failures == ref_failures
+
+
+@pytest.mark.parametrize("encoder", [FakeAudioEncoder, FakeTextEncoder])
+def test_job_array_parts_merge_into_the_one_process_cache(tmp_path, clips, use_encoder, encoder, capsys):
+    (clips.parent / "clip3.wav").write_bytes(b"")  # a failure inside part 1's range is merged too
+    args = ["--encoder", "fake", "--manifest", str(clips), "--batch-size", "1", "--shard-size", "2"]
+    use_encoder(encoder())
+    assert run_cli(*args, "--out", str(tmp_path / "one")) == 0
+    out = tmp_path / "parts"
+    first = use_encoder(encoder())
+    assert run_cli(*args, "--out", str(out), "--num-shards", "2", "--shard-index", "0") == 0
+    assert "part 0 of 0..1 done" in capsys.readouterr().out
+    assert not (out / MANIFEST).exists() and (out / "progress-part00000-of-00002.json").is_file()
+    part_0 = ["shard-00000.npy"] if encoder is FakeAudioEncoder else ["shard-00000.npy", "shard-00001.npy"]
+    assert sorted(p.name for p in out.glob("shard-*.npy")) == part_0  # 3 or 4 shards of 2: part 0 has the first half
+    with pytest.raises(FusemixError, match="extraction unfinished"):
+        load_latents(out)
+    assert run_cli("--finalize", "--out", str(out)) == 1
+    assert "cannot write manifest.json: " in capsys.readouterr().err
+
+    second = use_encoder(encoder())
+    assert run_cli(*args, "--out", str(out), "--num-shards", "2", "--shard-index", "1") == 0  # the last part in
+    assert "latents (" in capsys.readouterr().out
+    items = 5 if encoder is FakeAudioEncoder else 8
+    assert first.calls + second.calls == items - (1 if encoder is FakeAudioEncoder else 0)  # each item encoded once
+    assert_same_cache(out, tmp_path / "one")
+    assert run_cli("--finalize", "--out", str(out)) == 0  # already finished: nothing to do
+
+
+def test_finalize_after_a_part_died_before_writing_the_manifest(tmp_path, clips, use_encoder, monkeypatch):
+    args = ["--encoder", "fake", "--manifest", str(clips), "--batch-size", "2", "--shard-size", "1", "--tokens", "2"]
+    use_encoder(FakeAudioEncoder())
+    assert run_cli(*args, "--out", str(tmp_path / "one")) == 0
+    out = tmp_path / "parts"
+    for index in (2, 0):
+        assert run_cli(*args, "--out", str(out), "--num-shards", "3", "--shard-index", str(index)) == 0
+    crashing = use_encoder(FakeAudioEncoder(crash_after=1))  # part 1 (clips 1, 2) dies after one shard
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(ExtractConfig("fake", clips, out, tokens=2, batch_size=2, shard_size=1, num_shards=3, shard_index=1))
+    assert crashing.items == 1
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # as if killed between its last shard and the manifest
+
+    resumed = use_encoder(FakeAudioEncoder())
+    original = extract_module._finalize
+    monkeypatch.setattr(extract_module, "_finalize", killed)
+    assert run_cli(*args, "--out", str(out), "--num-shards", "3", "--shard-index", "1") == 130
+    assert resumed.items == 1  # only the shard lost in the crash
+    monkeypatch.setattr(extract_module, "_finalize", original)
+    assert not (out / MANIFEST).exists()
+    assert run_cli("--finalize", "--out", str(out), "--encoder", "other") == 1
+    assert run_cli("--finalize", "--out", str(out)) == 0
+    assert_same_cache(out, tmp_path / "one")
+
+
+def test_parts_that_disagree_are_refused_in_one_line(tmp_path, clips, use_encoder, capsys):
+    class Wider(FakeAudioEncoder):
+        dim = 5  # same encoder name, another model behind it (say, another version on another machine)
+
+        def encode(self, batch: list, tokens: int | None = None) -> np.ndarray:
+            features = super().encode(batch, tokens)
+            return np.concatenate([features, features[:, :1]], axis=1)
+
+    args = ["--encoder", "fake", "--manifest", str(clips), "--shard-size", "2", "--num-shards", "2"]
+    out = str(tmp_path / "c")
+    use_encoder(FakeAudioEncoder())
+    assert run_cli(*args, "--out", out, "--shard-index", "0") == 0
+    capsys.readouterr()
+    use_encoder(Wider())
+    assert run_cli(*args, "--out", out, "--shard-index", "1") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "parts disagree on dim (4 in progress-part00000-of-00002.json, 5 in progress-part00001-" in err
+    use_encoder(FakeAudioEncoder())
+    assert run_cli(*args, "--out", out, "--shard-index", "1", "--tokens", "2") == 1
+    assert "different arguments: tokens (None there, 2 now)" in capsys.readouterr().err
+    assert run_cli(*[a if a != "fake" else "other" for a in args], "--out", out, "--shard-index", "1") == 1
+    assert "different arguments: encoder ('fake' there, 'other' now)" in capsys.readouterr().err
+    assert run_cli(*args, "--out", out, "--shard-index", "2") == 1
+    assert "shard_index must be in [0, num_shards=2), got 2" in capsys.readouterr().err
+
+    # parts that started at once meet only at the end: there the manifest is refused
+    late = tmp_path / "late"
+    use_encoder(FakeAudioEncoder(crash_after=0))  # part 0 records itself, then dies on its first shard
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(ExtractConfig("fake", clips, late, shard_size=2, num_shards=2, shard_index=0, progress=False))
+    use_encoder(FakeAudioEncoder())
+    assert run_cli(*args, "--out", str(late), "--shard-index", "1") == 0
+    progress = late / "progress-part00001-of-00002.json"
+    progress.write_text(progress.read_text().replace('"float32"', '"float16"'))
+    assert run_cli("--finalize", "--out", str(late)) == 1
+    err = capsys.readouterr().err
+    assert "parts disagree on dtype ('float32' in progress-part00000-of-00002.json, 'float16' in" in err
+    with pytest.raises(FusemixError, match="parts disagree on dtype"):
+        extract(ExtractConfig("fake", clips, late, shard_size=2, num_shards=2, shard_index=0, progress=False))
+    assert not (late / MANIFEST).exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+LAUNCHERS = {
+    # accelerate's torchrun launcher; without CUDA it runs CPU processes over gloo (`--cpu` would start only one)
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("whisper"))
+
+
+def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "CUDA_VISIBLE_DEVICES": "",
+        "FUSEMIX_LOG": "INFO",
+    }
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_two_processes_under_a_launcher_equal_one_process(tmp_path, clips, tiny_whisper_dir):
+    """A real (tiny, random, offline) Whisper in 2 CPU processes over gloo; rank 0 writes the manifest."""
+    args = ["extract", "--no-progress", "--encoder", str(tiny_whisper_dir), "--manifest", str(clips)]
+    args += ["--batch-size", "1", "--shard-size", "2"]
+    one = run_module("fusemix", *args, "--out", str(tmp_path / "one"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for launcher, command in sorted(LAUNCHERS.items()):
+        port = ["--main_process_port" if launcher == "accelerate" else "--master_port", str(free_port())]
+        out = tmp_path / launcher
+        two = run_module(*command, *port, "-m", "fusemix", *args, "--out", str(out), cwd=tmp_path)
+        assert two.returncode == 0, (launcher, two.stderr[-3000:])
+        assert "part 0 of 0..1: shards 0-0 of 3 (2 items)" in two.stderr  # the work really was split
+        assert "part 1 of 0..1: shards 1-2 of 3 (3 items)" in two.stderr
+        assert two.stdout.count("audio latents (5, 16)") == 1  # rank 0 reports
+        assert_same_cache(out, tmp_path / "one")
+
+
+def test_more_parts_than_shards_still_merge(tmp_path, clips, use_encoder):
+    use_encoder(FakeTextEncoder())
+    reference = extract(ExtractConfig("fake-text", clips, tmp_path / "one", shard_size=3, progress=False))
+    out = tmp_path / "parts"
+    for index in (4, 0, 2, 1, 3):  # 8 captions in 3 shards over 5 parts: two parts have nothing to do
+        assert not (out / MANIFEST).exists()
+        encoder = use_encoder(FakeTextEncoder())
+        extract(ExtractConfig("fake-text", clips, out, shard_size=3, num_shards=5, shard_index=index, progress=False))
+        assert encoder.calls == (0 if index in (0, 2) else 1)
+    assert_same_cache(out, reference)
