@@ -1,21 +1,25 @@
 """`fusemix demo train-image-model`: train the demo world's text-to-image UNet (resumable).
 
-    fusemix demo train-image-model --out checkpoints/demo/image_model --steps 6000
+    fusemix demo train-image-model --steps 6000                 # writes runs/image_model
     fusemix demo train-image-model --out runs/img --steps 50 --batch-size 8   # quick try
-Interrupted runs continue with --resume (the default when training_state/ exists); --fresh starts over.
+    fusemix demo train-image-model --out runs/img --steps 100 --resume        # continue it (or train longer)
+    fusemix demo train-image-model --out runs/img --steps 100 --resume --translator runs/translator \
+        --adapters runs/fusemix/checkpoint      # second stage: also on the translator's outputs
+An existing OUT is never overwritten: --resume continues its run (the configuration must match, but for
+--steps, the translator options, --device, --checkpoint-every and --no-progress); --fresh discards it first.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import fields
-from pathlib import Path
 
-from generator.train_image_model import ImageModelConfig, train_image_model
+from fusion.errors import InputError
+from generator.train_image_model import ImageModelConfig, discard, train_image_model
 
 
-def parse_args(argv: list[str] | None) -> tuple[ImageModelConfig, bool]:
+def parse_args(argv: list[str] | None) -> tuple[ImageModelConfig, bool, bool]:
+    """The run's configuration, and whether to resume it or to start it afresh."""
     d = ImageModelConfig()
     p = argparse.ArgumentParser(prog="fusemix demo train-image-model", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=d.out, help="pipeline folder to write (default: %(default)s)")
@@ -40,21 +44,22 @@ def parse_args(argv: list[str] | None) -> tuple[ImageModelConfig, bool]:
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/training_state (default when it exists)")
-    p.add_argument("--fresh", action="store_true", help="discard OUT/training_state and start over")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT (from OUT/training_state)")
+    p.add_argument("--fresh", action="store_true", help="discard the model and training state in OUT and start over")
     a = p.parse_args(argv)
     if a.steps < 1 or a.batch_size < 1:
-        raise ValueError(f"--steps and --batch-size must be >= 1, got {a.steps} and {a.batch_size}")
+        raise InputError(f"--steps and --batch-size must be >= 1, got {a.steps} and {a.batch_size}")
     cfg = ImageModelConfig(**{f.name: getattr(a, f.name) for f in fields(ImageModelConfig)})
     cfg.widths = tuple(cfg.widths)
-    return cfg, a.fresh
+    if a.resume and a.fresh:
+        raise InputError("--resume and --fresh exclude each other: continue the run in --out, or start it over")
+    return cfg, a.resume, a.fresh
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, fresh = parse_args(argv)
-    state = Path(cfg.out) / "training_state"
-    if fresh and state.exists():
-        shutil.rmtree(state)
-    out = train_image_model(cfg)
+    cfg, resume, fresh = parse_args(argv)
+    if fresh:
+        discard(cfg.out)
+    out = train_image_model(cfg, resume=resume)
     print(f"image model written to {out}")
     return 0

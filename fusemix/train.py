@@ -19,6 +19,23 @@ from fusion.adapters import AUDIO_ADAPTERS, TEXT_ADAPTERS
 from fusion.sparse import SPARSE_MODES
 from fusion.train import TrainConfig, train
 
+# (flag, type, help) of the numeric options; their defaults come from TrainConfig
+NUMERIC_OPTIONS = [
+    ("epochs", int, "passes over the clips"),
+    ("batch-size", int, "pairs per step before mixing (over all processes)"),
+    ("lr", float, "peak AdamW learning rate"),
+    ("min-lr", float, "final learning rate of the cosine decay"),
+    ("warmup-steps", int, "linear warm-up steps"),
+    ("weight-decay", float, "AdamW weight decay"),
+    ("alpha", float, "FuseMix lambda ~ Beta(alpha, alpha)"),
+    ("dropout", float, "dropout in the MLP blocks"),
+    ("num-blocks", int, "residual MLP blocks per tower"),
+    ("expansion", int, "block hidden width = expansion x dim"),
+    ("shared-dim", int, "shared space width (default 512; text dim with --lock-text)"),
+    ("val-fraction", float, "share of clips held out for validation retrieval each epoch"),
+    ("seed", int, "random seed"),
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig(audio_latents="", text_latents="", out="")
@@ -28,21 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-latents", required=True, help="audio latent cache folder (one row per clip)")
     p.add_argument("--text-latents", required=True, help="caption latent cache folder (one row per caption)")
     p.add_argument("--out", required=True, help="run folder; the checkpoint goes to OUT/checkpoint")
-    for name, kind, help_ in [
-        ("epochs", int, "passes over the clips"),
-        ("batch-size", int, "pairs per step before mixing (over all processes)"),
-        ("lr", float, "peak AdamW learning rate"),
-        ("min-lr", float, "final learning rate of the cosine decay"),
-        ("warmup-steps", int, "linear warm-up steps"),
-        ("weight-decay", float, "AdamW weight decay"),
-        ("alpha", float, "FuseMix lambda ~ Beta(alpha, alpha)"),
-        ("dropout", float, "dropout in the MLP blocks"),
-        ("num-blocks", int, "residual MLP blocks per tower"),
-        ("expansion", int, "block hidden width = expansion x dim"),
-        ("shared-dim", int, "shared space width (default 512; text dim with --lock-text)"),
-        ("val-fraction", float, "share of clips held out for validation retrieval each epoch"),
-        ("seed", int, "random seed"),
-    ]:
+    for name, kind, help_ in NUMERIC_OPTIONS:
         field = name.replace("-", "_")
         p.add_argument(
             f"--{name}",

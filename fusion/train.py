@@ -3,26 +3,24 @@
 Each epoch draws one caption per clip, shuffles the clips, and for each batch of ``batch_size`` pairs mixes its
 two halves with one λ (FuseMix), so ``batch_size // 2`` mixed pairs enter the symmetric InfoNCE loss.
 
-Randomness is a pure function of (seed, epoch): the data order, caption choice and λ come from a generator seeded
-per epoch (the same on every process), and dropout from the global RNG reseeded per epoch and process. So a run
-resumed from an epoch checkpoint repeats exactly what the uninterrupted run would have done; no RNG state is saved.
+Randomness is a pure function of (seed, epoch) (``fusion.training.derive_seed``): the data order, caption choice
+and λ come from a generator seeded per epoch (the same on every process), and dropout from the global RNG reseeded
+per epoch and process. So a run resumed from an epoch checkpoint repeats exactly what the uninterrupted run would
+have done; no RNG state is saved.
 
 Several processes: the global batch is split evenly across them; every process gathers all features (with
 gradient) and scores its own rows against the whole global batch, so the loss is the global-batch loss and the
 negatives are the same as on one process. Only the mixing pairs differ (each process mixes its own halves).
 
-Checkpoint (``OUT/checkpoint``, replaced atomically after every epoch): ``config.json`` +
-``diffusion_pytorch_model.safetensors`` (the adapters), ``train_config.json``, ``optimizer.safetensors``
-(AdamW moments) and ``trainer_state.json`` (epoch, step, scheduler, optimizer hyperparameters, history).
+Checkpoint (``OUT/checkpoint``, replaced atomically after every epoch by ``fusion.training.CheckpointManager``):
+``config.json`` + ``diffusion_pytorch_model.safetensors`` (the adapters), ``train_config.json``,
+``optimizer.safetensors`` (AdamW moments) and ``trainer_state.json`` (epoch, step, optimizer scalars, history).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,25 +28,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from fusion.adapters import ADAPTER_KINDS, FuseMixAdapters
-from fusion.cache import atomic_write_json, load_latents
-from fusion.errors import FusemixError
+from fusion.adapters import FuseMixAdapters, TowerConfig, TowerConfigError, check_towers, tower_configs
+from fusion.cache import load_latents
+from fusion.errors import FusemixError, InputError, MissingFileError
 from fusion.evaluate import EvalPairs, evaluate
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 from fusion.pairs import Pairing, pair_by_clip
-from fusion.sparse import SPARSE_MODES
-from fusion.train_state import load_optimizer_tensors, optimizer_tensors, replace_dir
+from fusion.training import (
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    Checkpoint,
+    CheckpointManager,
+    WarmupCosine,
+    lr_factor,
+    numpy_generator,
+    reseed_global,
+    restore_optimizer,
+    torch_generator,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CONFIG_FILE", "OPTIMIZER_FILE", "STATE_FILE", "TrainConfig", "find_checkpoint", "lr_factor", "train"]
+
 CHECKPOINT = "checkpoint"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "train_config.json"
 # fields that may change between a run and its resumption
 RESUMABLE_CHANGES = {"resume", "no_progress", "out", "audio_latents", "text_latents"}
 
@@ -98,38 +105,37 @@ class TrainConfig:
         }
         for name, value in positive.items():
             if value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+                raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2 (halves are mixed), got {self.batch_size}")
+            raise InputError(f"--batch-size must be >= 2 (halves are mixed), got {self.batch_size}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.min_lr < 0 or self.num_blocks < 0:
-            raise ValueError("--warmup-steps, --weight-decay, --min-lr and --num-blocks must be >= 0")
+            raise InputError("--warmup-steps, --weight-decay, --min-lr and --num-blocks must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        for modality, kind, keep, keep_flag in (
-            ("audio", self.audio_adapter, self.keep, "--keep"),
-            ("text", self.text_adapter, self.text_keep, "--text-keep"),
-        ):
-            if kind not in ADAPTER_KINDS:
-                raise ValueError(f"--{modality}-adapter must be one of {ADAPTER_KINDS}, got {kind!r}")
-            if kind == "sparse" and (keep is None or keep < 1):
-                raise ValueError(f"--{modality}-adapter sparse needs {keep_flag} k >= 1, got {keep}")
-            if kind != "sparse" and keep is not None:
-                raise ValueError(f"{keep_flag} is for --{modality}-adapter sparse, got --{modality}-adapter {kind}")
-        if self.lock_text and self.text_adapter != "mlp":
-            raise ValueError("--lock-text keeps text latents as they are: it takes no --text-adapter sparse")
-        if self.sparse_mode not in SPARSE_MODES:
-            raise ValueError(f"--sparse-mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}")
-        if self.token_blocks < 1:
-            raise ValueError(f"--token-blocks must be >= 1, got {self.token_blocks}")
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        try:  # the model's one check of the tower arguments; K (tokens) is read from the caches later
+            check_towers(tower_configs(dataclasses.asdict(self)), self.lock_text, tokens_known=False)
+        except TowerConfigError as err:
+            raise InputError(f"{err} ({tower_flags(err)})") from err
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> float:
-    """Multiplier of the peak lr: linear warm-up, then cosine decay to ``min_lr``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    floor = min_lr / lr
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+# the command-line flags of TowerConfig fields, for messages (the library names fields, the CLI adds its flags)
+TOWER_FLAGS = {
+    ("audio", "kind"): "--audio-adapter",
+    ("audio", "keep"): "--keep",
+    ("text", "kind"): "--text-adapter",
+    ("text", "keep"): "--text-keep",
+}
+SHARED_TOWER_FLAGS = {
+    "sparse_mode": "--sparse-mode",
+    "token_blocks": "--token-blocks",
+    "lock_text": "--lock-text",
+    "tokens": "`fusemix extract --tokens K`",
+}
+
+
+def tower_flags(err: TowerConfigError) -> str:
+    """The flags behind the fields a tower error names, e.g. ``--text-keep, --text-adapter``."""
+    return ", ".join(TOWER_FLAGS.get((err.modality, f)) or SHARED_TOWER_FLAGS[f] for f in err.fields)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -138,18 +144,7 @@ def find_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / CHECKPOINT, path / f".{CHECKPOINT}.old"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise FileNotFoundError(f"no FuseMix checkpoint at {path} (expected config.json there or in {path / CHECKPOINT})")
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> dict:
-    """Optimizer tensors to safetensors; returns the JSON-able rest (hyperparameters, scalar state)."""
-    tensors, meta = optimizer_tensors(optimizer)
-    save_file(tensors, str(folder / OPTIMIZER_FILE))
-    return meta
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, saved: dict) -> None:
-    load_optimizer_tensors(optimizer, load_file(str(folder / OPTIMIZER_FILE)), saved)
+    raise MissingFileError(f"no FuseMix checkpoint at {path} (expected config.json there or in {path / CHECKPOINT})")
 
 
 @dataclass
@@ -173,7 +168,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     val = None
     num_val = int(round(cfg.val_fraction * pairing.num_clips))
     if num_val > 0:
-        order = np.random.default_rng(cfg.seed).permutation(pairing.num_clips)
+        order = numpy_generator(cfg.seed, "val-split").permutation(pairing.num_clips)
         val_clips, clips = np.sort(order[:num_val]), np.sort(order[num_val:])
         val = _subset_eval_pairs(audio_all, text_all, pairing, val_clips)
     if len(clips) < 2:
@@ -215,23 +210,10 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return torch.cat(dist_fn.all_gather(x.float().contiguous()))
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     other = [p for p in model.parameters() if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-
-
-def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
-    current = dataclasses.asdict(cfg)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
-    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise FusemixError(f"--resume with a different configuration ({diffs}); use the saved values or a new --out")
 
 
 def _check_shape(modality: str, kind: str, keep: int | None, latents: torch.Tensor, source: str) -> int | None:
@@ -243,9 +225,12 @@ def _check_shape(modality: str, kind: str, keep: int | None, latents: torch.Tens
                 f"--{modality}-adapter sparse needs token latents (items, K, dim) in {source}, got shape "
                 f"{tuple(latents.shape)}; extract them with `fusemix extract --tokens K`"
             )
-        if keep > latents.shape[1]:
-            raise FusemixError(f"{keep_flag} {keep} exceeds the {latents.shape[1]} tokens per item in {source}")
-        return int(latents.shape[1])
+        tokens = int(latents.shape[1])
+        try:
+            TowerConfig(kind, tokens, keep).check(modality)
+        except TowerConfigError as err:
+            raise InputError(f"{err}: {source} holds {tokens} tokens per item ({tower_flags(err)})") from err
+        return tokens
     if latents.ndim != 2:
         raise FusemixError(
             f"--{modality}-adapter {kind} needs pooled latents (items, dim) in {source}, got shape "
@@ -254,48 +239,114 @@ def _check_shape(modality: str, kind: str, keep: int | None, latents: torch.Tens
     return None
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run share."""
+
+    cfg: TrainConfig
+    accelerator: object  # accelerate.Accelerator
+    data: TrainData
+    manager: CheckpointManager
+    model: torch.nn.Module  # prepared by accelerate
+    optimizer: torch.optim.Optimizer  # prepared by accelerate
+    schedule: WarmupCosine
+    state: dict  # epoch, step, history, and the batch layout: saved as trainer_state.json
+    batch: int  # pairs per step over all processes
+    local: int  # pairs per step on this process
+
+    def log(self, *args) -> None:
+        if self.accelerator.is_main_process:
+            logger.info(*args)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint folder."""
+    cfg.check()
+    accelerator = _accelerator(cfg)
+    manager = checkpoint_manager(cfg)
+    resumed = manager.start(cfg.resume)
+    run = _prepare_run(cfg, accelerator, load_train_data(cfg), manager, resumed)
+    start_epoch = run.state["epoch"]
+    if start_epoch >= cfg.epochs:
+        run.log("%s already trained for %d epochs; nothing to do", cfg.out, start_epoch)
+        return manager.folder
+    run.log(
+        "training on %d clips (%d captions), %d steps/epoch of %d pairs on %d process(es)",
+        run.data.pairing.num_clips,
+        run.data.pairing.num_captions,
+        run.state["steps_per_epoch"],
+        run.batch,
+        accelerator.num_processes,
+    )
+    bar = tqdm(
+        total=run.schedule.total_steps,
+        initial=run.state["step"],
+        disable=cfg.no_progress or not accelerator.is_main_process,
+        desc="fusemix train",
+        unit="step",
+    )
+    for epoch in range(start_epoch, cfg.epochs):
+        record = _run_epoch(run, epoch, bar)
+        _finish_epoch(run, record)
+    bar.close()
+    return manager.folder
+
+
+def checkpoint_manager(cfg: TrainConfig) -> CheckpointManager:
+    """The run's checkpoint (``OUT/checkpoint``); a resumed run may change only ``RESUMABLE_CHANGES``."""
+    return CheckpointManager(
+        Path(cfg.out) / CHECKPOINT,
+        dataclasses.asdict(cfg),
+        may_change=frozenset(RESUMABLE_CHANGES),
+        defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)},  # runs saved before a field existed
+        run_name=str(cfg.out),
+    )
+
+
+def _accelerator(cfg: TrainConfig):
+    """One accelerate process of the run; the global batch must split evenly over the processes."""
     from accelerate import Accelerator
 
-    cfg.check()
-    out = Path(cfg.out)
-    ckpt_dir = out / CHECKPOINT
     # cpu=True on a machine without CUDA lets accelerate run several CPU processes (gloo) when launched by torchrun.
     # bf16 is our own autocast below: accelerate's mixed_precision is fixed once per process (train twice -> error).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    world, rank = accelerator.num_processes, accelerator.process_index
-    log = logger.info if accelerator.is_main_process else (lambda *args: None)
-    if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    if cfg.batch_size % accelerator.num_processes:
+        raise InputError(
+            f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({accelerator.num_processes})"
+        )
+    return accelerator
 
-    existing = None
-    for candidate in (ckpt_dir, out / f".{CHECKPOINT}.old"):
-        if (candidate / STATE_FILE).is_file():
-            existing = candidate
-            break
-    if existing is not None and not cfg.resume:
-        raise FusemixError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    if cfg.resume and existing is None:
-        raise FusemixError(f"--resume: no checkpoint in {out} to resume from")
 
-    data = load_train_data(cfg)
+def _prepare_run(cfg: TrainConfig, accelerator, data: TrainData, manager, resumed: Checkpoint | None) -> _Run:
+    """Batch layout, model (fresh or resumed), optimizer and schedule, prepared for the processes."""
+    world = accelerator.num_processes
+    num_clips = data.pairing.num_clips
+    batch = min(cfg.batch_size, num_clips - num_clips % world)
+    if batch // world < 2:
+        raise FusemixError(f"{num_clips} training clips over {world} processes leave fewer than 2 pairs each")
+    steps_per_epoch = max(1, num_clips // batch)
+    model = _build_model(cfg, data, resumed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    if resumed is not None:
+        restore_optimizer(optimizer, resumed)
+    state = resumed.state if resumed is not None else {"epoch": 0, "step": 0, "history": []}
+    state.pop("scheduler", None)  # saved by earlier versions; the schedule is a function of the step
+    state.update(train_clips=num_clips, batch_pairs=batch, steps_per_epoch=steps_per_epoch, num_processes=world)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    schedule = WarmupCosine(cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_steps, cfg.min_lr)
+    return _Run(cfg, accelerator, data, manager, model, optimizer, schedule, state, batch, batch // world)
+
+
+def _build_model(cfg: TrainConfig, data: TrainData, resumed: Checkpoint | None) -> FuseMixAdapters:
+    """The adapters to train: read back from the checkpoint, or built from the config and the caches' shapes."""
     audio_dim, text_dim = data.audio.shape[-1], data.text.shape[-1]
     audio_tokens = _check_shape("audio", cfg.audio_adapter, cfg.keep, data.audio, cfg.audio_latents)
     text_tokens = _check_shape("text", cfg.text_adapter, cfg.text_keep, data.text, cfg.text_latents)
-    num_clips = data.pairing.num_clips
-    batch = min(cfg.batch_size, num_clips - num_clips % world)
-    local = batch // world
-    if local < 2:
-        raise FusemixError(f"{num_clips} training clips over {world} processes leave fewer than 2 pairs each")
-    steps_per_epoch = max(1, num_clips // batch)
-    total_steps = steps_per_epoch * cfg.epochs
-
-    torch.manual_seed(cfg.seed)
-    if existing is not None:
-        model = FuseMixAdapters.from_pretrained(existing)
-        state = json.loads((existing / STATE_FILE).read_text())
-        _check_resume_config(json.loads((existing / CONFIG_FILE).read_text()), cfg)
+    reseed_global(cfg.seed, "init")
+    if resumed is not None:  # copied into a fresh model: same memory layout, so the same arithmetic as before
+        saved = FuseMixAdapters.from_pretrained(resumed.folder, use_safetensors=True)
+        model = FuseMixAdapters.from_config(saved.config)
+        model.load_state_dict(saved.state_dict(), strict=True)
     else:
         model = FuseMixAdapters(
             audio_dim=audio_dim,
@@ -314,104 +365,74 @@ def train(cfg: TrainConfig) -> Path:
             text_keep=cfg.text_keep,
             token_blocks=cfg.token_blocks,
         )
-        state = {"epoch": 0, "step": 0, "history": []}
     if (model.config.audio_dim, model.config.text_dim) != (audio_dim, text_dim):
         raise FusemixError(
             f"checkpoint expects audio/text dims {model.config.audio_dim}/{model.config.text_dim}, "
             f"the caches have {audio_dim}/{text_dim}"
         )
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.lr, cfg.min_lr)
-    )
-    if existing is not None:  # after the scheduler's constructor, which sets the lr of step 0
-        _load_optimizer(optimizer, existing, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loss_fn = InfoNCELoss()
-    device = accelerator.device
-    start_epoch, step = state["epoch"], state["step"]
-    state.update(train_clips=num_clips, batch_pairs=batch, steps_per_epoch=steps_per_epoch, num_processes=world)
-    if start_epoch >= cfg.epochs:
-        log("%s already trained for %d epochs; nothing to do", out, start_epoch)
-        return ckpt_dir
-    log(
-        "training on %d clips (%d captions), %d steps/epoch of %d pairs on %d process(es)",
-        num_clips,
-        data.pairing.num_captions,
-        steps_per_epoch,
-        batch,
-        world,
-    )
-
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=cfg.no_progress or not accelerator.is_main_process,
-        desc="fusemix train",
-        unit="step",
-    )
-    for epoch in range(start_epoch, cfg.epochs):
-        gen = _epoch_generator(cfg.seed, epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank + 1)  # dropout
-        perm = torch.randperm(num_clips, generator=gen)
-        caption_rows = torch.from_numpy(
-            data.pairing.sample_captions(u=torch.rand(num_clips, generator=gen, dtype=torch.float64).numpy())
-        )
-        model.train()
-        started, losses = time.perf_counter(), []
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch + rank * local : i * batch + (rank + 1) * local]
-            audio = data.audio[idx].to(device, non_blocking=True)
-            text = data.text[caption_rows[idx]].to(device, non_blocking=True)
-            audio, text = fusemix_mix(audio, text, cfg.alpha, gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                fa, ft, scale = model(audio, text)
-            if world > 1:
-                all_a, all_t = _gather_with_grad(fa), _gather_with_grad(ft)
-                loss = loss_fn(fa, ft, scale, all_a, all_t, offset=rank * len(fa))
-            else:
-                loss = loss_fn(fa, ft, scale)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.detach())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
-        epoch_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": epoch_loss,
-            "seconds": round(time.perf_counter() - started, 3),
-            "temperature": float(accelerator.unwrap_model(model).temperature.detach()),
-        }
-        if data.val is not None and accelerator.is_main_process:
-            metrics = evaluate(accelerator.unwrap_model(model), data.val)
-            record["val"] = metrics
-            log("epoch %d: loss %.4f, val text->audio R@1 %.3f", epoch + 1, epoch_loss, metrics["text_to_audio"]["R@1"])
-        else:
-            log("epoch %d: loss %.4f", epoch + 1, epoch_loss)
-        state["history"].append(record)
-        state.update(epoch=epoch + 1, step=step)
-        if accelerator.is_main_process:
-            _save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, state, cfg, out)
-        accelerator.wait_for_everyone()
-    bar.close()
-    return ckpt_dir
+    return model
 
 
-def _save_checkpoint(model: FuseMixAdapters, optimizer, scheduler, state: dict, cfg: TrainConfig, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{CHECKPOINT}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    full = dict(state)
-    full["optimizer"] = _save_optimizer(optimizer, tmp)
-    full["scheduler"] = scheduler.state_dict()
-    atomic_write_json(tmp / STATE_FILE, full)
-    atomic_write_json(tmp / CONFIG_FILE, dataclasses.asdict(cfg))
-    replace_dir(tmp, out / CHECKPOINT)
+def _run_epoch(run: _Run, epoch: int, bar) -> dict:
+    """One pass over the clips with the order, captions and λ of (seed, epoch); returns the epoch's record."""
+    cfg, rank, num_clips = run.cfg, run.accelerator.process_index, run.data.pairing.num_clips
+    gen = torch_generator(cfg.seed, "epoch", epoch)  # the same on every process
+    reseed_global(cfg.seed, "dropout", epoch, rank)
+    perm = torch.randperm(num_clips, generator=gen)
+    u = torch.rand(num_clips, generator=gen, dtype=torch.float64).numpy()
+    caption_rows = torch.from_numpy(run.data.pairing.sample_captions(u=u))
+    run.model.train()
+    started, losses = time.perf_counter(), []
+    for i in range(run.state["steps_per_epoch"]):
+        idx = perm[i * run.batch + rank * run.local : i * run.batch + (rank + 1) * run.local]
+        loss = _train_step(run, idx, caption_rows[idx], gen)
+        losses.append(loss.detach())
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+    return {
+        "epoch": epoch + 1,
+        "step": run.state["step"],
+        "loss": float(run.accelerator.reduce(torch.stack(losses).mean(), reduction="mean")),
+        "seconds": round(time.perf_counter() - started, 3),
+        "temperature": float(run.accelerator.unwrap_model(run.model).temperature.detach()),
+    }
+
+
+def _train_step(run: _Run, clips: torch.Tensor, captions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mix this process's pairs, score them against the global batch, and take one optimizer step."""
+    accelerator, device = run.accelerator, run.accelerator.device
+    audio = run.data.audio[clips].to(device, non_blocking=True)
+    text = run.data.text[captions].to(device, non_blocking=True)
+    audio, text = fusemix_mix(audio, text, run.cfg.alpha, gen)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.cfg.bf16):
+        fa, ft, scale = run.model(audio, text)
+    if accelerator.num_processes > 1:
+        all_a, all_t = _gather_with_grad(fa), _gather_with_grad(ft)
+        loss = _LOSS(fa, ft, scale, all_a, all_t, offset=accelerator.process_index * len(fa))
+    else:
+        loss = _LOSS(fa, ft, scale)
+    run.schedule.apply(run.optimizer, run.state["step"])
+    run.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    run.optimizer.step()
+    run.state["step"] += 1
+    return loss
+
+
+_LOSS = InfoNCELoss()
+
+
+def _finish_epoch(run: _Run, record: dict) -> None:
+    """Evaluate on the held-out clips (if any), log, and save the checkpoint."""
+    accelerator = run.accelerator
+    if run.data.val is not None and accelerator.is_main_process:
+        record["val"] = evaluate(accelerator.unwrap_model(run.model), run.data.val)
+        r1 = record["val"]["text_to_audio"]["R@1"]
+        run.log("epoch %d: loss %.4f, val text->audio R@1 %.3f", record["epoch"], record["loss"], r1)
+    else:
+        run.log("epoch %d: loss %.4f", record["epoch"], record["loss"])
+    run.state["history"].append(record)
+    run.state.update(epoch=record["epoch"], step=record["step"])
+    if accelerator.is_main_process:
+        run.manager.save(run.state, optimizer=run.optimizer, model=accelerator.unwrap_model(run.model))
+    accelerator.wait_for_everyone()

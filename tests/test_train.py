@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fusion.train as train_module
 from fusemix import cli
 from fusemix import evaluate as eval_cli
 from fusemix import train as train_cli
 from fusion.cache import write_latents
 from fusion.errors import FusemixError
+from fusion.training import CheckpointManager
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,17 +170,17 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     base = ["--epochs", "4", "--batch-size", "64", "--dropout", "0.2", "--val-fraction", "0.1"]
     assert train_cli.main(train_args(audio, text, tmp_path / "full", *base)) == 0
 
-    original = train_module._save_checkpoint
+    original = CheckpointManager.save
 
-    def save_then_stop(model, optimizer, scheduler, state, cfg, out):
-        original(model, optimizer, scheduler, state, cfg, out)
+    def save_then_stop(self, state, **parts):  # an interruption right after the epoch-2 checkpoint
+        original(self, state, **parts)
         if state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(CheckpointManager, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_cli.main(train_args(audio, text, tmp_path / "cut", *base))
-    monkeypatch.setattr(train_module, "_save_checkpoint", original)
+    monkeypatch.setattr(CheckpointManager, "save", original)
     assert json.loads((tmp_path / "cut" / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
     with pytest.raises(FusemixError, match="--resume"):
         train_cli.main(train_args(audio, text, tmp_path / "cut", *base))
