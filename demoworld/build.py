@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from demoworld import scenes, speech
 from fusion.cache import atomic_write_bytes, atomic_write_json
-from fusion.errors import FusemixError
+from fusion.errors import FusemixError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def scene_counts(size: str | int) -> dict[str, int]:
     try:
         total = int(size)
     except (TypeError, ValueError):
-        raise ValueError(f"--size must be one of {tuple(SIZE_PRESETS)} or a number of scenes, got {size!r}") from None
+        raise InputError(f"--size must be one of {tuple(SIZE_PRESETS)} or a number of scenes, got {size!r}") from None
     if total < len(SPLITS):
-        raise ValueError(f"--size must be at least {len(SPLITS)} scenes (one per split), got {total}")
+        raise InputError(f"--size must be at least {len(SPLITS)} scenes (one per split), got {total}")
     weights = SIZE_PRESETS["default"]
     whole = sum(weights.values())
     counts = {s: max(1, int(total * weights[s] / whole)) for s in SPLITS}
@@ -216,13 +216,13 @@ def manifest_line(item: ScenePlan, clip: ClipPlan) -> dict:
 def build(config: BuildConfig) -> dict:
     """Write the dataset into ``config.out`` and return the README dict; resumes an unfinished build."""
     if config.resolution not in RESOLUTIONS:
-        raise ValueError(f"--resolution must be one of {RESOLUTIONS}, got {config.resolution}")
+        raise InputError(f"--resolution must be one of {RESOLUTIONS}, got {config.resolution}")
     if config.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {config.workers}")
+        raise InputError(f"--workers must be >= 1, got {config.workers}")
     start = time.perf_counter()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise InputError(f"--out {out} exists and is not a folder")
     settings = build_settings(config)
     _check_resumable(out, settings)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import sys
 
-from fusion.errors import FusemixError
+from fusion.errors import FusemixError, InputError
 
 # subcommand -> (module with a main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,8 +42,24 @@ def quiet_model_loading() -> None:
         sys.modules["diffusers"].utils.logging.disable_progress_bar()
 
 
+def check_count(flag: str, value: int | None, minimum: int = 1) -> None:
+    """A count option (``--steps``, ``--batch-size``, ...) below ``minimum`` is a one-line error naming the flag."""
+    if value is not None and value < minimum:
+        raise InputError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_number(flag: str, value: float | None, low: float = 0.0, high: float = math.inf) -> None:
+    """A real-valued option must be finite and in ``[low, high]`` (NaN and inf are refused)."""
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise InputError(f"{flag} must be a finite number {bounds}, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; user errors become one line on stderr and exit code 1."""
+    """Run one subcommand; user errors (``FusemixError``) become one line on stderr and exit code 1.
+
+    Any other exception is a bug and keeps its traceback; ``FUSEMIX_DEBUG=1`` shows tracebacks of user errors too.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusemix: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
         return 130
-    except (FusemixError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except FusemixError as err:
         if os.environ.get("FUSEMIX_DEBUG"):
             raise
         print(f"fusemix {name}: error: {err}", file=sys.stderr)

@@ -4,6 +4,12 @@
     fusemix eval --checkpoint runs/fusemix --audio-latents test/audio --text-latents test/text \\
         --method fusemix linear procrustes random \\
         --train-audio-latents train/audio --train-text-latents train/text --plot recall.png
+    fusemix eval --audio-latents test/audio --text-latents test/text --method asr-cascade --json eval.json
+
+asr-cascade transcribes the clips themselves (Whisper tiny.en, beam 5) and ranks captions by the text encoder's
+cosine to the transcript; it finds the audio through the manifest the audio cache was extracted from (or
+--manifest/--audio-dir) and keeps the transcripts in a JSON file next to --json (or --transcripts), so a rerun does
+not transcribe again.
 
 text->audio: every caption is a query. audio->text: best rank among the clip's captions (see fusion.metrics).
 With one method the JSON is {"text_to_audio": {...}, "audio_to_text": {...}, "num_clips", "num_captions"};
@@ -20,10 +26,19 @@ from pathlib import Path
 import torch
 
 from fusion.adapters import FuseMixAdapters
-from fusion.baselines import METHODS, fit_linear, fit_procrustes, random_adapters
-from fusion.cache import atomic_write_json
+from fusion.baselines import (
+    CASCADE_TEXT_ENCODER,
+    METHODS,
+    asr_cascade_similarity,
+    fit_linear,
+    fit_procrustes,
+    random_adapters,
+)
+from fusion.cache import atomic_write_json, load_latents
+from fusion.errors import InputError
 from fusion.evaluate import EvalPairs, evaluate, load_pairs, plot_recall_curves
-from fusion.metrics import format_table
+from fusion.manifests import read_manifest
+from fusion.metrics import format_table, recall_curve, retrieval_metrics
 from fusion.train import find_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -58,14 +73,20 @@ class EvalConfig:
     json: str | None = None  # write the metrics here
     plot: str | None = None  # write an R@k (k = 1..50) PNG here
     seed: int = 0  # seed of the random-adapter baseline
+    manifest: str | None = None  # asr-cascade: the audio manifest (default: the one the audio cache was made from)
+    audio_dir: str | None = None  # asr-cascade: where the manifest's relative audio paths resolve
+    transcripts: str | None = None  # asr-cascade: transcript cache JSON (default: asr_transcripts.json next to --json)
+    asr_beam_size: int = 5  # asr-cascade: Whisper beam width
+    cascade_text_encoder: str = CASCADE_TEXT_ENCODER  # asr-cascade: embeds transcripts and captions
+    progress: bool = True  # show progress bars
 
 
 def build_model(method: str, cfg: EvalConfig, pairs: EvalPairs, train_pairs: EvalPairs | None):
     """The model for one method: load, fit on training latents, or draw at random."""
     if method == "fusemix":
         if cfg.checkpoint is None:
-            raise ValueError("--method fusemix needs --checkpoint")
-        return FuseMixAdapters.from_pretrained(find_checkpoint(cfg.checkpoint)).eval()
+            raise InputError("--method fusemix needs --checkpoint")
+        return FuseMixAdapters.from_pretrained(find_checkpoint(cfg.checkpoint), use_safetensors=True).eval()
     if method == "random":
         arch = {}
         if cfg.checkpoint is not None:
@@ -73,7 +94,7 @@ def build_model(method: str, cfg: EvalConfig, pairs: EvalPairs, train_pairs: Eva
             arch = {k: saved[k] for k in ARCH_KEYS if k in saved}
         return random_adapters(pairs.audio.shape[-1], pairs.text.shape[-1], seed=cfg.seed, **arch)
     if train_pairs is None:
-        raise ValueError(
+        raise InputError(
             f"--method {method} is fitted on training latents: give --train-audio-latents and --train-text-latents"
         )
     train_audio = train_pairs.audio[torch.from_numpy(train_pairs.pairing.caption_clip)]
@@ -85,18 +106,61 @@ def run(cfg: EvalConfig) -> dict[str, dict]:
     """Metrics per method (with an R@k curve under "curve" when a plot is asked for)."""
     for method in cfg.methods:
         if method not in METHODS:
-            raise ValueError(f"--method must be among {METHODS}, got {method!r}")
+            raise InputError(f"--method must be among {METHODS}, got {method!r}")
     if (cfg.train_audio_latents is None) != (cfg.train_text_latents is None):
-        raise ValueError("give both --train-audio-latents and --train-text-latents, or neither")
+        raise InputError("give both --train-audio-latents and --train-text-latents, or neither")
     pairs = load_pairs(cfg.audio_latents, cfg.text_latents)
     train_pairs = None
     if cfg.train_audio_latents is not None and any(m in ("linear", "procrustes") for m in cfg.methods):
         train_pairs = load_pairs(cfg.train_audio_latents, cfg.train_text_latents)
     results = {}
     for method in cfg.methods:
+        if method == "asr-cascade":
+            results[method] = evaluate_cascade(cfg, pairs, curve=cfg.plot is not None)
+            continue
         model = build_model(method, cfg, pairs, train_pairs)
         results[method] = evaluate(model, pairs, curve=cfg.plot is not None)
     return results
+
+
+def clip_audio_paths(cfg: EvalConfig, pairs: EvalPairs) -> list[Path]:
+    """The audio file of each evaluated clip, from --manifest or the manifest the audio cache was extracted from."""
+    audio = load_latents(Path(cfg.audio_latents), mmap=True)
+    manifest = cfg.manifest or audio.meta.get("source_manifest")
+    if manifest is None:
+        raise InputError(
+            f"--method asr-cascade: {cfg.audio_latents} does not say which manifest it came from; give --manifest"
+        )
+    by_id = {clip.id: clip.audio for clip in read_manifest(manifest, cfg.audio_dir)}
+    paths = []
+    for row in pairs.pairing.audio_rows:
+        clip_id = audio.ids[int(row)]
+        if by_id.get(clip_id) is None:
+            raise InputError(f"--method asr-cascade: clip {clip_id!r} has no audio file in manifest {manifest}")
+        paths.append(Path(by_id[clip_id]))
+    return paths
+
+
+def evaluate_cascade(cfg: EvalConfig, pairs: EvalPairs, curve: bool = False) -> dict:
+    """Metrics of the ASR cascade on the clips and captions of ``pairs`` (transcripts cached on disk)."""
+    from fusion.asr import AsrSettings
+
+    text = load_latents(Path(cfg.text_latents), mmap=True)
+    if text.texts is None:
+        raise InputError(f"--method asr-cascade: {cfg.text_latents} holds no caption texts (not a text cache?)")
+    captions = [text.texts[int(row)] for row in pairs.pairing.caption_rows]
+    cache = cfg.transcripts or (Path(cfg.json).parent / "asr_transcripts.json" if cfg.json else None)
+    if cache is None:
+        logger.info("asr-cascade: no --json or --transcripts, so transcripts are not kept")
+    settings = AsrSettings(beam_size=cfg.asr_beam_size)
+    sim, _ = asr_cascade_similarity(
+        clip_audio_paths(cfg, pairs), captions, settings, cfg.cascade_text_encoder, cache, progress=cfg.progress
+    )
+    out = retrieval_metrics(sim, pairs.caption_clip)
+    out["asr"] = {**settings.key(), "text_encoder": cfg.cascade_text_encoder}
+    if curve:
+        out["curve"] = recall_curve(sim, pairs.caption_clip)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write metrics JSON here")
     p.add_argument("--plot", help="write the R@k curve (k = 1..50) PNG here")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    cascade = p.add_argument_group("asr-cascade (Whisper transcript -> text encoder -> nearest caption)")
+    cascade.add_argument("--manifest", help="audio manifest (default: the one the audio cache was extracted from)")
+    cascade.add_argument("--audio-dir", help="where the manifest's relative audio paths resolve")
+    cascade.add_argument("--transcripts", help="transcript cache JSON (default: asr_transcripts.json next to --json)")
+    cascade.add_argument("--asr-beam-size", type=int, default=5, help="Whisper beam width")
+    cascade.add_argument(
+        "--cascade-text-encoder", default=CASCADE_TEXT_ENCODER, help="text encoder for transcripts and captions"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return p
 
 

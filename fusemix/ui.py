@@ -16,6 +16,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from fusion.errors import InputError
+
 log = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -50,11 +52,11 @@ def parse_config(argv: list[str] | None) -> UIConfig:
     args = build_parser().parse_args(argv)
     config = UIConfig(**vars(args))
     if not 0 < config.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {config.port}")
+        raise InputError(f"--port must be in 1..65535, got {config.port}")
     if config.max_file_mb <= 0:
-        raise ValueError(f"--max-file-mb must be positive, got {config.max_file_mb:g}")
+        raise InputError(f"--max-file-mb must be positive, got {config.max_file_mb:g}")
     if config.concurrency < 1 or config.queue_size < 1:
-        raise ValueError("--concurrency and --queue-size must be at least 1")
+        raise InputError("--concurrency and --queue-size must be at least 1")
     return config
 
 
@@ -62,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no telemetry calls
     from generator.audio_to_image import AudioToImagePipeline
-    from ui.app import EXAMPLES, build_app
 
     log.info("loading the %s pipeline on %s", config.preset, config.device)
-    pipeline = AudioToImagePipeline.from_preset(config.preset, device=config.device)
+    pipeline = AudioToImagePipeline.from_preset(config.preset, device=config.device)  # a bad preset fails here
+    from ui.app import EXAMPLES, build_app  # gradio: imported once the model is known to load
+
     app = build_app(pipeline, max_file_mb=config.max_file_mb)
     app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     if config.host not in LOCAL_HOSTS:

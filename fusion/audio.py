@@ -22,20 +22,28 @@ log = logging.getLogger(__name__)
 _EXACT_FRAME_COUNT = {"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "CAF", "AU"}
 # Decoded length may exceed the header's duration by this much before we call it too long (codec padding).
 _LENGTH_TOLERANCE_S = 0.05
+# Shortest clip encoded as it is: 5 frames of Whisper's 20 ms (the frames the encoders pool over). Shorter clips
+# are padded with silence up to this length, with a logged warning, so the user knows what the model heard.
+MIN_SECONDS = 0.1
 
 
-def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = 60.0) -> np.ndarray:
+def load_audio(
+    path: str | Path, sample_rate: int, max_seconds: float | None = 60.0, min_seconds: float | None = MIN_SECONDS
+) -> np.ndarray:
     """Decode ``path`` to a float32 mono array at ``sample_rate`` Hz.
 
-    Raises ``AudioError`` when the file is missing, empty, truncated or corrupt, not audio, holds no samples,
-    holds NaN/inf samples, or lasts longer than ``max_seconds`` (checked from the header before decoding where
-    the format allows; ``None`` disables the limit). Silence is valid audio.
+    Raises ``AudioError`` when the file is missing, a directory, empty, truncated or corrupt, not audio, holds no
+    samples, holds NaN/inf samples, or lasts longer than ``max_seconds`` (checked from the header before decoding
+    where the format allows; ``None`` disables the limit). Silence is valid audio. A clip shorter than
+    ``min_seconds`` is padded with silence to that length, and a warning says so.
     """
     path = Path(path)
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if not path.exists():
         raise AudioError(f"audio file {path}: not found")
+    if path.is_dir():
+        raise AudioError(f"audio file {path}: is a directory, not an audio file")
     if not path.is_file():
         raise AudioError(f"audio file {path}: not a regular file")
     size = path.stat().st_size
@@ -59,7 +67,21 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = 6
         import librosa
 
         audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return _pad_short(np.ascontiguousarray(audio, dtype=np.float32), path, sample_rate, min_seconds)
+
+
+def _pad_short(audio: np.ndarray, path: Path, sample_rate: int, min_seconds: float | None) -> np.ndarray:
+    """Pad a clip shorter than the encoders' minimum with trailing silence, and say so."""
+    need = 0 if min_seconds is None else int(np.ceil(min_seconds * sample_rate))
+    if len(audio) >= need:
+        return audio
+    log.warning(
+        "audio file %s: %.3f s is shorter than the %g s the audio encoder needs; padded with silence",
+        path,
+        len(audio) / sample_rate,
+        min_seconds,
+    )
+    return np.pad(audio, (0, need - len(audio)))
 
 
 class _SoundfileCannotOpen(Exception):

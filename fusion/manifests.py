@@ -22,14 +22,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion.errors import FusemixError
+from fusion.errors import InputError, MissingFileError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 AUDIOCAPS_COLUMNS = ("youtube_id", "start_time", "caption")
 CLOTHO_CAPTION = re.compile(r"^caption_(\d+)$")
 
 
-class ManifestError(FusemixError, ValueError):
+class ManifestError(InputError):
     """A manifest cannot be read; the message names the file, the line and the reason."""
 
 
@@ -40,25 +40,26 @@ class Clip:
     id: str  # unique within a manifest
     audio: Path | None  # None when the manifest lists captions only
     captions: list[str] = field(default_factory=list)
+    line: int = field(default=0, compare=False)  # first line of the manifest listing the clip (for messages)
 
 
 def read_manifest(path: str | Path, audio_dir: str | Path | None = None) -> list[Clip]:
     """Read an AudioCaps CSV, a Clotho captions CSV or a generic JSONL/CSV, in file order."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"manifest {path}: not found")
+        raise MissingFileError(f"manifest {path}: not found")
     if not path.is_file():
         raise ManifestError(f"manifest {path}: not a file")
     base = Path(audio_dir) if audio_dir is not None else path.parent
     if audio_dir is not None and not base.is_dir():
-        raise FileNotFoundError(f"audio folder {base}: not found")
+        raise MissingFileError(f"audio folder {base}: not found")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        clips = _read_jsonl(path, base)
-    elif suffix in (".csv", ".tsv"):
-        clips = _read_csv(path, base)
-    else:
+    if suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
         raise ManifestError(f"manifest {path}: unknown extension {path.suffix!r} (expected .csv or .jsonl)")
+    try:
+        clips = _read_csv(path, base) if suffix in (".csv", ".tsv") else _read_jsonl(path, base)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest {path}: not UTF-8 text (byte {err.start} of a line)") from None
     if not clips:
         raise ManifestError(f"manifest {path}: lists no clips")
     return clips
@@ -120,7 +121,7 @@ def _audiocaps(path: Path, base: Path, rows: list[tuple[int, dict[str, str]]]) -
             raise ManifestError(f"manifest {path}, line {line}: empty caption")
         clip_id = f"{youtube_id}_{start}"
         if clip_id not in clips:
-            clips[clip_id] = Clip(clip_id, _audiocaps_audio(base, youtube_id, start), [])
+            clips[clip_id] = Clip(clip_id, _audiocaps_audio(base, youtube_id, start), [], line)
         clips[clip_id].captions.append(caption)
     return list(clips.values())
 
@@ -162,7 +163,7 @@ def _clotho(path: Path, base: Path, rows: list[tuple[int, dict[str, str]]]) -> l
         if not all(captions):
             empty = [c for c in columns if not row[c].strip()]
             raise ManifestError(f"manifest {path}, line {line}: empty {', '.join(empty)}")
-        clips.append(Clip(name, base / name, captions))
+        clips.append(Clip(name, base / name, captions, line))
     return clips
 
 
@@ -218,7 +219,7 @@ def _generic(path: Path, base: Path, records: list[tuple[int, dict]]) -> list[Cl
             raise ManifestError(f"{where}: has neither audio nor caption")
         clip = clips.get(clip_id)
         if clip is None:
-            clips[clip_id] = Clip(clip_id, audio_path, captions)
+            clips[clip_id] = Clip(clip_id, audio_path, captions, line)
             continue
         if audio_path is not None and clip.audio is not None and audio_path != clip.audio:
             raise ManifestError(f"{where}: clip {clip_id!r} listed earlier with audio {clip.audio}, here {audio_path}")

@@ -8,14 +8,14 @@ takes token latents (16 x 384 numbers per caption instead of 512).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fusion.cache import atomic_write_json
-from fusion.errors import ModelUnavailableError
+from fusion.errors import CheckpointError, MissingModelError
 
 POINTS_FILE = "points.safetensors"
 
@@ -36,13 +36,17 @@ def save_caption_bank(folder: Path, captions: list[str], points: torch.Tensor) -
 
 
 def load_caption_bank(folder: str | Path) -> tuple[list[str], torch.Tensor]:
+    """Captions and their unit-norm points; a missing or damaged file is a one-line error naming it."""
+    from generator.preset_parts import check_caption_bank
+
     folder = Path(folder)
-    if not (folder / "captions.json").is_file() or not (folder / POINTS_FILE).is_file():
-        raise ModelUnavailableError(f"no caption bank at {folder} (captions.json + {POINTS_FILE})")
-    captions = json.loads((folder / "captions.json").read_text())
-    points = load_file(str(folder / POINTS_FILE))["points"].float()
-    if len(captions) != len(points):
-        raise ModelUnavailableError(f"caption bank {folder}: {len(captions)} captions but {len(points)} points")
+    if not folder.is_dir():
+        raise MissingModelError(f"no caption bank at {folder} (captions.json + {POINTS_FILE})")
+    captions = check_caption_bank(folder)
+    try:
+        points = load_file(str(folder / POINTS_FILE))["points"].float()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(f"{folder / POINTS_FILE}: not readable ({err})") from None
     return captions, torch.nn.functional.normalize(points, dim=-1)
 
 

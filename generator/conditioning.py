@@ -28,7 +28,7 @@ class TokenStateEncoder:
         folder = Path(folder) if folder is not None else minilm_l6_v2()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self.model = AutoModel.from_pretrained(str(folder)).to(device).eval()
+            self.model = AutoModel.from_pretrained(str(folder), use_safetensors=True).to(device).eval()
         except OSError as err:
             raise ModelUnavailableError(f"cannot load the image model's text encoder from {folder}: {err}") from err
         self.max_tokens = max_tokens

@@ -122,6 +122,6 @@ def load_demo_pipeline(folder: str | Path, device: str = "cpu") -> DemoImagePipe
             f"no demo image model at {folder} (model_index.json missing): train one with "
             "`fusemix demo train-image-model` or use the shipped checkpoints/demo/image_model"
         )
-    pipe = DemoImagePipeline.from_pretrained(str(folder))
+    pipe = DemoImagePipeline.from_pretrained(str(folder), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

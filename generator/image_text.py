@@ -27,7 +27,8 @@ def image_text_encoder(kind: str, image_model: str | Path | None = None, device:
 
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(image_model), subfolder="tokenizer")
-        encoder = CLIPTextModel.from_pretrained(str(image_model), subfolder="text_encoder").to(device).eval()
+        encoder = CLIPTextModel.from_pretrained(str(image_model), subfolder="text_encoder", use_safetensors=True)
+        encoder = encoder.to(device).eval()
     except (OSError, ValueError) as err:
         raise ModelUnavailableError(
             f"cannot load the text encoder of {image_model!r}: the machine is offline or the id is unknown "

@@ -8,14 +8,31 @@ folders given in a preset folder of your own.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion.errors import ModelUnavailableError
+from fusion.errors import CheckpointError, ModelUnavailableError
+from generator.preset_parts import check_preset_parts, read_json
 
 MODES = ("translate", "retrieve")  # audio -> conditioning through the translator, or nearest bank caption as prompt
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = ("checkpoints", "examples")  # folders that ship with the package (pyproject: generator.checkpoints, ...)
+
+
+def shipped_path(name: str) -> Path:
+    """The shipped folder ``name`` (``checkpoints`` or ``examples``): the one place their location is decided.
+
+    An installed wheel holds them inside this package (``generator/checkpoints``, ``generator/examples``: package
+    data mapped from the repository's top-level folders by pyproject.toml); a source checkout or an editable
+    install finds them at the repository root.
+    """
+    if name not in SHIPPED:
+        raise ValueError(f"shipped folder must be one of {SHIPPED}, got {name!r}")
+    here = Path(__file__).resolve().parent
+    installed = here / name
+    return installed if installed.is_dir() else here.parent / name
+
+
+CHECKPOINTS = shipped_path("checkpoints")
 
 # Named presets: the shipped demo folder, and real SD-family pipelines (hub ids; need a network or a local copy).
 PRESETS: dict[str, dict] = {
@@ -63,14 +80,16 @@ def load_preset(name_or_folder: str) -> Preset:
     if not spec.is_file():
         known = ", ".join(PRESETS)
         raise ModelUnavailableError(f"no preset {name_or_folder!r}: not one of {known} and {spec} does not exist")
-    raw = json.loads(spec.read_text())
+    raw = read_json(spec, "preset")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{spec}: expected a JSON object")
     missing = [k for k in ("audio_encoder", "text_encoder", "adapters", "translator", "image_model") if k not in raw]
     if missing:
         raise ModelUnavailableError(f"{spec} lacks {', '.join(missing)}")
     mode = raw.get("mode", "translate")
     if mode not in MODES:
         raise ModelUnavailableError(f"{spec}: mode must be one of {MODES}, got {mode!r}")
-    return Preset(
+    preset = Preset(
         folder=folder,
         kind=raw.get("kind", "demo"),
         audio_encoder=_resolve(folder, raw["audio_encoder"]),
@@ -83,3 +102,5 @@ def load_preset(name_or_folder: str) -> Preset:
         guidance=float(raw.get("guidance", 3.0)),
         mode=mode,
     )
+    check_preset_parts(preset)  # every saved part readable and matching, before any model loads
+    return preset

@@ -130,4 +130,17 @@ def test_limit_can_be_lifted(tmp_path):
 
 
 def test_directory_is_not_a_file(tmp_path):
-    expect_error(tmp_path, "not a regular file")
+    expect_error(tmp_path, "is a directory")
+
+
+def test_a_clip_shorter_than_the_minimum_is_padded_and_says_so(tmp_path, caplog):
+    from fusion.audio import MIN_SECONDS
+
+    path = tmp_path / "blip.wav"
+    sf.write(path, tone(0.05, 16000), 16000)
+    with caplog.at_level("WARNING", logger="fusion.audio"):
+        audio = load_audio(path, 16000)
+    assert len(audio) == round(MIN_SECONDS * 16000) and np.all(audio[800:] == 0)
+    assert "blip.wav" in caplog.text and f"{MIN_SECONDS:g} s the audio encoder needs" in caplog.text
+    caplog.clear()
+    assert len(load_audio(path, 16000, min_seconds=None)) == 800 and not caplog.text

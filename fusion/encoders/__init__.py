@@ -26,9 +26,9 @@ from fusion.encoders.whisper import (
     load_whisper_tiny_en,
     load_whisper_tiny_en_10s,
 )
-from fusion.errors import ModelUnavailableError
+from fusion.errors import InputError, MissingModelError, ModelUnavailableError
 
-__all__ = ["ENCODERS", "Encoder", "ModelUnavailableError", "load_encoder"]
+__all__ = ["ENCODERS", "Encoder", "MissingModelError", "ModelUnavailableError", "load_encoder"]
 
 
 def _load_concat(name: str, device: str = "cpu") -> Encoder:
@@ -74,10 +74,10 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
 def load_encoder(name: str, device: str = "cpu") -> Encoder:
     """The encoder called `name` (table key, hub id, folder, or `concat:A+B`), frozen and in eval mode.
 
-    Raises ModelUnavailableError naming the model when it cannot be loaded (unknown id, offline, broken folder).
+    Raises MissingModelError naming the model when it cannot be loaded (unknown id, offline, broken folder).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
+        raise InputError(f"encoder name must be a non-empty string, got {name!r}")
     name = name.strip()
     if name in ENCODERS:
         return ENCODERS[name](name, device)

@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from fusion.errors import InputError
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -39,33 +41,33 @@ def check_tokens(tokens: int | None) -> None:
     if tokens is None:
         return
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise ValueError(f"tokens must be a positive integer or None, got {tokens!r}")
+        raise InputError(f"tokens must be a positive integer or None, got {tokens!r}")
 
 
 def check_waveforms(batch: list, encoder_name: str) -> list[np.ndarray]:
-    """1-D finite float32 arrays, or a ValueError naming the encoder and the bad item."""
+    """1-D finite float32 arrays, or an InputError naming the encoder and the bad item."""
     if not isinstance(batch, (list, tuple)):
-        raise ValueError(f"{encoder_name}: batch must be a list of 1-D waveforms, got {type(batch).__name__}")
+        raise InputError(f"{encoder_name}: batch must be a list of 1-D waveforms, got {type(batch).__name__}")
     out = []
     for i, wave in enumerate(batch):
         arr = np.asarray(wave, dtype=np.float32)
         if arr.ndim != 1:
-            raise ValueError(f"{encoder_name}: waveform {i} must be 1-D mono, got shape {arr.shape}")
+            raise InputError(f"{encoder_name}: waveform {i} must be 1-D mono, got shape {arr.shape}")
         if arr.size == 0:
-            raise ValueError(f"{encoder_name}: waveform {i} has 0 samples")
+            raise InputError(f"{encoder_name}: waveform {i} has 0 samples")
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{encoder_name}: waveform {i} holds NaN or inf")
+            raise InputError(f"{encoder_name}: waveform {i} holds NaN or inf")
         out.append(arr)
     return out
 
 
 def check_texts(batch: list, encoder_name: str) -> list[str]:
-    """A list of strings, or a ValueError naming the encoder and the bad item."""
+    """A list of strings, or an InputError naming the encoder and the bad item."""
     if not isinstance(batch, (list, tuple)):
-        raise ValueError(f"{encoder_name}: batch must be a list of strings, got {type(batch).__name__}")
+        raise InputError(f"{encoder_name}: batch must be a list of strings, got {type(batch).__name__}")
     for i, text in enumerate(batch):
         if not isinstance(text, str):
-            raise ValueError(f"{encoder_name}: item {i} must be a string, got {type(text).__name__}")
+            raise InputError(f"{encoder_name}: item {i} must be a string, got {type(text).__name__}")
     return list(batch)
 
 

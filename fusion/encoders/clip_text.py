@@ -12,6 +12,7 @@ import numpy as np
 
 from fusion.encoders.base import check_texts, check_tokens, l2_normalize
 from fusion.encoders.hub import from_pretrained, from_pretrained_strict, local_folder, read_config
+from fusion.errors import InputError
 
 
 class ClipTextEncoder:
@@ -52,7 +53,7 @@ class ClipTextEncoder:
         """(B, dim) unit-norm text embeddings, or (B, tokens, token_dim) hidden states of the prompt padded to K."""
         check_tokens(tokens)
         if tokens is not None and tokens > self.max_length:
-            raise ValueError(f"{self.name}: tokens must be at most {self.max_length} for CLIP, got {tokens}")
+            raise InputError(f"{self.name}: tokens must be at most {self.max_length} for CLIP, got {tokens}")
         texts = check_texts(batch, self.name)
         out = []
         with self.torch.inference_mode():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.encoders.base import Encoder, check_tokens, check_waveforms, l2_normalize
+from fusion.errors import InputError
 
 PREFIX = "concat:"
 
@@ -21,7 +22,7 @@ class ConcatEncoder:
     def __init__(self, name: str, first: Encoder, second: Encoder) -> None:
         for part in (first, second):
             if part.modality != "audio":
-                raise ValueError(f"{name}: concatenation takes audio encoders, {part.name!r} is {part.modality}")
+                raise InputError(f"{name}: concatenation takes audio encoders, {part.name!r} is {part.modality}")
         self.name = name
         self.parts = (first, second)
         self.sample_rate = first.sample_rate
@@ -51,5 +52,5 @@ def split_concat_name(name: str) -> tuple[str, str]:
     body = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     parts = [p.strip() for p in body.split("+")]
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"encoder {name!r}: a concatenation is written 'concat:A+B' with two encoder names")
+        raise InputError(f"encoder {name!r}: a concatenation is written 'concat:A+B' with two encoder names")
     return parts[0], parts[1]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fusion.errors import ModelUnavailableError
+from fusion.errors import MissingModelError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,10 @@ def hub_reachable() -> bool:
         return False
 
 
-def unavailable(name: str, why: str | None = None) -> ModelUnavailableError:
+def unavailable(name: str, why: str | None = None) -> MissingModelError:
     """The one-line error for a model that cannot be loaded."""
     reason = why or "the machine is offline or the id is unknown"
-    return ModelUnavailableError(
+    return MissingModelError(
         f"cannot load {name!r}: {reason}; download it on a machine with network and pass its folder"
     )
 
@@ -56,19 +56,19 @@ def local_folder(name: str) -> Path | None:
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelUnavailableError(f"cannot load {name!r}: it is a file, not a model folder")
+        raise MissingModelError(f"cannot load {name!r}: it is a file, not a model folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise ModelUnavailableError(f"cannot load {name!r}: no such folder")
+        raise MissingModelError(f"cannot load {name!r}: no such folder")
     return None
 
 
 def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained(name)` from a folder, the hub cache, or the hub; ModelUnavailableError otherwise."""
+    """`cls.from_pretrained(name)` from a folder, the hub cache, or the hub; MissingModelError otherwise."""
     if local_folder(name) is not None:
         try:
             return cls.from_pretrained(str(Path(name).expanduser()), **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
-            raise ModelUnavailableError(f"cannot load {name!r}: {str(err).splitlines()[0]}") from err
+            raise MissingModelError(f"cannot load {name!r}: {str(err).splitlines()[0]}") from err
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except OSError:
@@ -86,6 +86,8 @@ def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
 def from_pretrained_strict(cls: Any, name: str, unused: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """Like `from_pretrained`, but a checkpoint that leaves weights of `cls` uninitialised is refused.
 
+    Weights are read from safetensors only: a folder or hub id offering only a pickle (`.bin`) is refused.
+
     `unused`: name prefixes of weights we never read (e.g. BERT's pooler), allowed to be missing.
     """
     from transformers.utils import logging as hf_logging
@@ -94,13 +96,13 @@ def from_pretrained_strict(cls: Any, name: str, unused: tuple[str, ...] = (), **
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = from_pretrained(cls, name, output_loading_info=True, **kwargs)
+        model, info = from_pretrained(cls, name, output_loading_info=True, use_safetensors=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = [k for k in info.get("missing_keys", []) if k and not k.startswith(unused)]
     if missing:
         shown = ", ".join(sorted(missing)[:3])
-        raise ModelUnavailableError(
+        raise MissingModelError(
             f"cannot load {name!r} as {cls.__name__}: the checkpoint lacks {len(missing)} weights ({shown}, ...)"
         )
     return model
@@ -112,11 +114,11 @@ def read_config(name: str) -> dict:
     if folder is not None:
         path = folder / "config.json"
         if not path.is_file():
-            raise ModelUnavailableError(f"cannot load {name!r}: the folder has no config.json")
+            raise MissingModelError(f"cannot load {name!r}: the folder has no config.json")
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise ModelUnavailableError(f"cannot load {name!r}: config.json is unreadable ({err})") from err
+            raise MissingModelError(f"cannot load {name!r}: config.json is unreadable ({err})") from err
     from transformers import AutoConfig
 
     return from_pretrained(AutoConfig, name).to_dict()

@@ -13,7 +13,7 @@ import numpy as np
 
 from fusion.encoders.base import check_tokens, check_waveforms, pool_frames, sound_frames
 from fusion.encoders.hub import from_pretrained, from_pretrained_strict, local_folder, read_config
-from fusion.errors import ModelUnavailableError
+from fusion.errors import InputError, MissingModelError
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ class CT2WhisperEncoder(_WhisperBase):
                 str(folder), device=ct2_device, device_index=index, compute_type=compute
             )
         except (RuntimeError, ValueError, OSError) as err:
-            raise ModelUnavailableError(f"cannot load {name!r} from {folder}: {err}") from err
+            raise MissingModelError(f"cannot load {name!r} from {folder}: {err}") from err
         n_mels = int(self.model.n_mels) if hasattr(self.model, "n_mels") else 80
         if not 1 <= window_s <= 30:
-            raise ValueError(f"window_s must be in [1, 30] seconds, got {window_s}")
+            raise InputError(f"window_s must be in [1, 30] seconds, got {window_s}")
         extractor = WhisperFeatureExtractor(feature_size=n_mels, chunk_length=window_s)
         probe = self.model.encode(
             ctranslate2.StorageView.from_array(np.zeros((1, n_mels, extractor.nb_max_frames), np.float32))
@@ -142,7 +142,7 @@ def is_ct2_folder(folder: Path) -> bool:
         return False
     try:
         return "model_type" not in read_config(str(folder))
-    except ModelUnavailableError:
+    except MissingModelError:
         return False
 
 
