@@ -4,17 +4,24 @@
 - ``procrustes``: orthogonal map audio -> text space after centring (audio zero-padded, or PCA-projected, to the
   text width when the widths differ).
 - ``random``: FuseMix adapters with random initial weights (what training adds).
-All are fitted on training pairs: every caption with its clip's audio latent.
+- ``asr-cascade``: what a user would do without FuseMix: Whisper tiny.en transcribes each clip (beam 5), the text
+  encoder (MiniLM) embeds transcript and captions, and captions are ranked by cosine (``asr_cascade_similarity``).
+  It reads the audio files, not the latents, and is not fitted.
+The latent baselines are fitted on training pairs: every caption with its clip's audio latent.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from fusion.adapters import FuseMixAdapters
 
-METHODS = ("fusemix", "linear", "procrustes", "random")
+METHODS = ("fusemix", "linear", "procrustes", "random", "asr-cascade")
+CASCADE_TEXT_ENCODER = "all-MiniLM-L6-v2"
 
 
 def _pooled(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -76,3 +83,24 @@ def random_adapters(audio_dim: int, text_dim: int, seed: int = 0, **config) -> F
     """Untrained adapters (same architecture as the trained ones when ``config`` is theirs)."""
     torch.manual_seed(seed)
     return FuseMixAdapters(audio_dim=audio_dim, text_dim=text_dim, **config).eval()
+
+
+def asr_cascade_similarity(
+    audio_paths: Sequence[str | Path],
+    captions: Sequence[str],
+    settings=None,
+    text_encoder: str = CASCADE_TEXT_ENCODER,
+    transcripts_cache: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[str]]:
+    """(num_captions, num_clips) cosines between captions and clip transcripts, and the transcripts.
+
+    ``settings`` is a ``fusion.asr.AsrSettings`` (default: Whisper tiny.en, beam 5, 0.5 s padding); transcripts are
+    reused from and saved to ``transcripts_cache`` (a JSON file) when given.
+    """
+    from fusion.asr import cascade_similarity, transcribe
+    from fusion.encoders import load_encoder
+
+    transcripts = transcribe(audio_paths, settings=settings, cache=transcripts_cache, progress=progress)
+    sim = cascade_similarity(transcripts, captions, load_encoder(text_encoder))  # (clips, captions)
+    return torch.from_numpy(sim.T.copy()), transcripts
