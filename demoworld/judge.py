@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from demoworld import scenes
+from fusion.errors import InputError, MissingFileError
 
 ATTRIBUTES: tuple[str, ...] = ("background", "colour", "shape", "size")
 NONE = "none"  # what the judge says when it finds no shape
@@ -94,7 +95,7 @@ def judge_image(rgb: np.ndarray | Image.Image) -> dict[str, str]:
     img = as_rgb(rgb)
     h, w = img.shape[:2]
     if h != w or h < 8:
-        raise ValueError(f"image must be square and at least 8 px, got {w}x{h}")
+        raise InputError(f"image must be square and at least 8 px, got {w}x{h}")
     band = max(1, h // 16)
     border = np.concatenate(
         [
@@ -137,37 +138,33 @@ def expected_attributes(prompt: Mapping | str) -> dict[str, str]:
     return {k: str(prompt[k]) for k in ATTRIBUTES if k in prompt}
 
 
-def score(images: Sequence[np.ndarray | Image.Image], prompts: Sequence[Mapping | str]) -> dict:
-    """Accuracy per attribute over the images (each attribute counted where its prompt names it).
+def compare(seen: Mapping[str, str], want: Mapping[str, str]) -> dict[str, bool]:
+    """For each attribute the prompt names (in ATTRIBUTES order): whether the judge saw it in the image."""
+    return {attr: seen[attr] == want[attr] for attr in ATTRIBUTES if attr in want}
 
-    Returns {"accuracy": {attribute: fraction, "all": fraction fully right}, "count": n, "judged": [...]}.
+
+def score(images: Sequence[np.ndarray | Image.Image], prompts: Sequence[Mapping | str]) -> dict:
+    """Accuracy per attribute over the images (each attribute counted where its prompt names it): the one scorer
+    of generated demo-world images (``fusemix demo judge``, ``fusemix demo run``, scripts/eval_demo_generation.py).
+
+    Returns {"accuracy": {attribute: fraction, "all": fraction fully right}, "count": n, "named": {attribute: n},
+    "judged": [attributes seen, per image], "correct": [{attribute: bool}, per image]}.
     """
     if len(images) != len(prompts):
         raise ValueError(f"images and prompts must have one length, got {len(images)} and {len(prompts)}")
     if not images:
-        raise ValueError("nothing to score: no images")
-    right = dict.fromkeys(ATTRIBUTES, 0)
-    named = dict.fromkeys(ATTRIBUTES, 0)
-    all_right = 0
-    judged = []
-    for image, prompt in zip(images, prompts, strict=True):
-        seen, want = judge_image(image), expected_attributes(prompt)
-        judged.append(seen)
-        ok = True
-        for attr in ATTRIBUTES:
-            if attr in want:
-                named[attr] += 1
-                right[attr] += seen[attr] == want[attr]
-                ok &= seen[attr] == want[attr]
-        all_right += ok
-    accuracy = {a: right[a] / named[a] for a in ATTRIBUTES if named[a]}
-    accuracy["all"] = all_right / len(images)
-    return {"accuracy": accuracy, "count": len(images), "named": named, "judged": judged}
+        raise InputError("nothing to score: no images")
+    judged = [judge_image(image) for image in images]
+    correct = [compare(seen, expected_attributes(p)) for seen, p in zip(judged, prompts, strict=True)]
+    named = {a: sum(a in c for c in correct) for a in ATTRIBUTES}
+    accuracy = {a: sum(c.get(a, False) for c in correct) / named[a] for a in ATTRIBUTES if named[a]}
+    accuracy["all"] = sum(all(c.values()) for c in correct) / len(images)
+    return {"accuracy": accuracy, "count": len(images), "named": named, "judged": judged, "correct": correct}
 
 
 def load_image(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise MissingFileError(f"image not found: {path}")
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))

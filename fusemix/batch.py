@@ -6,8 +6,9 @@
 
 Images go to OUT/<clip>_<k>.png (a folder's sub-folders are kept; small images also get an upscaled
 OUT/<clip>_<k>_view.png), and OUT/results.jsonl gets one line per image (clip, image, seed, nearest captions,
-timings) or one line per failed clip with its error. Re-running the same command skips finished clips and retries
-failed ones. The exit code is 1 only if some clip failed.
+timings, settings) or one line per failed clip with its error. Re-running the same command skips finished clips
+and retries failed ones; re-running with other settings into the same --out refuses, unless --overwrite asks to
+generate every clip again. The exit code is 1 only if some clip failed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from generator.batch import RESULTS, BatchConfig, find_clips, run_batch
-from generator.presets import MODES
+from fusemix.cli import check_count, check_number
+from fusion.errors import InputError
+from generator.batch import RESULTS, BatchConfig, StaleResultsError, find_clips, run_batch, with_preset_defaults
+from generator.presets import MODES, load_preset
 
 
 @dataclass
@@ -32,6 +35,7 @@ class BatchCommand:
     preset: str  # "demo", a checkpoint folder, or a real model preset such as "sd15"
     device: str  # torch device
     generation: BatchConfig  # generation settings
+    overwrite: bool = False  # regenerate every clip, replacing earlier results in out (whatever their settings)
 
 
 class _LazyPipeline:
@@ -52,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusemix batch",
         description="Turn every clip of a folder or manifest into images, resumably.",
-        epilog="Re-run the same command to resume; finished clips are skipped, failed ones retried.",
+        epilog="Re-run the same command to resume; finished clips are skipped, failed ones retried. "
+        "Other settings into the same --out need --overwrite.",
     )
     parser.add_argument("--input", required=True, type=Path, help="folder of audio (recursive), manifest or file")
     parser.add_argument("--out", required=True, type=Path, help="output folder (images + results.jsonl)")
@@ -66,11 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--view-size", type=int, default=256, help="upscaled view of smaller images; 0: none")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="generate every clip again, replacing earlier results in --out"
+    )
     return parser
 
 
 def parse_command(argv: list[str] | None) -> BatchCommand:
     args = build_parser().parse_args(argv)
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--num-images-per-audio", args.num_images_per_audio),
+        ("--top-k", args.top_k),
+    ):
+        check_count(flag, value)
+    check_count("--view-size", args.view_size, minimum=0)
+    check_number("--guidance", args.guidance)
     return BatchCommand(
         input=args.input,
         out=args.out,
@@ -85,16 +101,22 @@ def parse_command(argv: list[str] | None) -> BatchCommand:
             top_k=args.top_k,
             view_size=args.view_size,
             progress=not args.no_progress,
+            preset=args.preset,
         ),
+        overwrite=args.overwrite,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     command = parse_command(argv)
     clips = find_clips(command.input)  # fail on a bad input before loading any model
+    generation = with_preset_defaults(command.generation, load_preset(command.preset))  # reads preset.json only
     pipeline = _LazyPipeline(command.preset, command.device)  # a re-run with nothing left to do loads no model
     with logging_redirect_tqdm():  # skipped-clip warnings print above the bar, not through it
-        summary = run_batch(pipeline, clips, command.out, command.generation)
+        try:
+            summary = run_batch(pipeline, clips, command.out, generation, overwrite=command.overwrite)
+        except StaleResultsError as err:
+            raise InputError(f"{err}: pass --overwrite to generate them again, or choose another --out") from None
     print(
         f"{len(clips)} clips: {summary.done} done, {summary.skipped} skipped (already done), "
         f"{summary.failed} failed; {summary.images} images in {command.out} ({summary.seconds:.1f} s); "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from demoworld.judge import ATTRIBUTES, load_image, score
 from fusion.cache import atomic_write_json
+from fusion.errors import InputError, MissingFileError
 
 PROMPT_KEYS = ("caption", "prompt", "text")
 
@@ -40,9 +41,9 @@ def parse_args(argv: list[str] | None) -> JudgeConfig:
 def read_manifest(config: JudgeConfig) -> tuple[list[Path], list]:
     """Image paths and prompts (scene dicts or captions) from the manifest; errors name the line."""
     if not config.manifest.is_file():
-        raise FileNotFoundError(f"--manifest {config.manifest} not found")
+        raise MissingFileError(f"--manifest {config.manifest} not found")
     if not config.images.is_dir():
-        raise NotADirectoryError(f"--images {config.images} is not a folder")
+        raise InputError(f"--images {config.images} is not a folder")
     paths, prompts = [], []
     for number, raw in enumerate(config.manifest.read_text().splitlines(), start=1):
         if not raw.strip():
@@ -51,28 +52,28 @@ def read_manifest(config: JudgeConfig) -> tuple[list[Path], list]:
         try:
             line = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not JSON ({err.msg})") from None
+            raise InputError(f"{where}: not JSON ({err.msg})") from None
         if "image" in line:
             name = Path(line["image"])
             candidates = [config.images / name, config.manifest.parent / name]
         elif "id" in line:
             candidates = [config.images / f"{line['id']}.png"]
         else:
-            raise ValueError(f"{where}: needs an 'image' path or an 'id'")
+            raise InputError(f"{where}: needs an 'image' path or an 'id'")
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
-            raise FileNotFoundError(f"{where}: image not found at {candidates[0]}")
+            raise MissingFileError(f"{where}: image not found at {candidates[0]}")
         if isinstance(line.get("scene"), dict):
             prompt = line["scene"]
         else:
             key = next((k for k in PROMPT_KEYS if isinstance(line.get(k), str)), None)
             if key is None:
-                raise ValueError(f"{where}: needs a 'scene' dict or one of {PROMPT_KEYS}")
+                raise InputError(f"{where}: needs a 'scene' dict or one of {PROMPT_KEYS}")
             prompt = line[key]
         paths.append(path)
         prompts.append(prompt)
     if not paths:
-        raise ValueError(f"--manifest {config.manifest} holds no lines")
+        raise InputError(f"--manifest {config.manifest} holds no lines")
     return paths, prompts
 
 

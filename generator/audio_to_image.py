@@ -7,6 +7,11 @@
 Modes: ``translate`` (default) feeds the translator's ``prompt_embeds`` to the image pipeline; ``retrieve`` uses
 the nearest caption of the caption bank as a text prompt (the baseline). Either way ``heard`` lists the nearest
 captions with cosine scores. An optional text prompt is mixed with the audio in the shared space.
+
+A call runs public steps that can also be used one by one, e.g. from points of the shared space::
+
+    points = pipe.embed_text(["a red circle on blue"])          # or pipe.embed_audio(pipe.load(files))
+    images = pipe.denoise(pipe.condition(points, "translate"), seed=[0], progress=True)
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +31,9 @@ from PIL import Image
 from fusion.adapters import FuseMixAdapters
 from fusion.audio import load_audio
 from fusion.encoders import load_encoder
-from fusion.errors import ModelUnavailableError
+from fusion.errors import InputError, ModelUnavailableError
 from generator.caption_bank import load_caption_bank, nearest
+from generator.preset_parts import load_model_part
 from generator.presets import MODES, Preset, load_preset
 from generator.translator import Translator
 
@@ -42,6 +50,25 @@ class AudioToImageOutput:
     mode: str = "translate"  # the mode used (the preset's default when none was asked for)
 
 
+@dataclass
+class Conditioning:
+    """What the image model is conditioned on for some clips, and what each of them "heard"."""
+
+    inputs: dict[str, Any]  # image pipeline arguments: prompt_embeds + negative_prompt_embeds, or prompt
+    heard: list[list[tuple[str, float]]]  # per clip: nearest bank captions with cosine scores, best first
+    prompts: list[str | None]  # per clip: the text prompt used (retrieve mode), else None
+    mode: str  # "translate" or "retrieve"
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @classmethod
+    def from_prompts(cls, prompts: Sequence[str]) -> Conditioning:
+        """Plain text prompts through the image model's own text encoder (no audio, no shared space)."""
+        prompts = list(prompts)
+        return cls({"prompt": prompts}, [[] for _ in prompts], list(prompts), "retrieve")
+
+
 def upscale(image: Image.Image, size: int = 256) -> Image.Image:
     """Nearest-neighbour upscale of a small output, for viewing."""
     return image if image.width >= size else image.resize((size, size), Image.Resampling.NEAREST)
@@ -56,7 +83,7 @@ def load_image_pipeline(preset: Preset, device: str):
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(preset.image_model)
+        pipe = DiffusionPipeline.from_pretrained(preset.image_model, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ModelUnavailableError(
             f"cannot load image model {preset.image_model!r}: the machine is offline or the id is unknown "
@@ -74,8 +101,8 @@ class AudioToImagePipeline:
         self.device = device
         self.audio_encoder = load_encoder(preset.audio_encoder, device=device)
         self.text_encoder = load_encoder(preset.text_encoder, device=device)
-        self.adapters = FuseMixAdapters.from_pretrained(preset.adapters).to(device).eval()
-        self.translator = Translator.from_pretrained(preset.translator).to(device).eval()
+        self.adapters = load_model_part(FuseMixAdapters, preset.adapters, "adapters").to(device).eval()
+        self.translator = load_model_part(Translator, preset.translator, "translator").to(device).eval()
         if self.translator.config.in_dim != self.adapters.shared_dim:
             raise ModelUnavailableError(
                 f"translator {preset.translator} takes dim {self.translator.config.in_dim} but adapters "
@@ -112,19 +139,26 @@ class AudioToImagePipeline:
         top_k: int,
     ) -> None:
         if isinstance(audio, (str, Path, np.ndarray)):
-            raise ValueError("audio must be a list of files or waveforms, got a single item")
+            raise InputError("audio must be a list of files or waveforms, got a single item")
         if not audio:
-            raise ValueError("audio is empty: give at least one clip")
+            raise InputError("audio is empty: give at least one clip")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= text_weight <= 1.0:
-            raise ValueError(f"text_weight must be in [0, 1], got {text_weight}")
+            raise InputError(f"text_weight must be in [0, 1], got {text_weight}")
         if text_weight > 0 and not (text and text.strip()):
-            raise ValueError("text_weight > 0 needs a text prompt")
+            raise InputError("text_weight > 0 needs a text prompt")
         if num_inference_steps < 1 or num_images_per_audio < 1 or top_k < 1:
-            raise ValueError("num_inference_steps, num_images_per_audio and top_k must be >= 1")
+            raise InputError("num_inference_steps, num_images_per_audio and top_k must be >= 1")
         if mode == "retrieve" and not self.bank_captions:
-            raise ValueError("retrieve mode needs a caption bank in the preset")
+            raise InputError("retrieve mode needs a caption bank in the preset")
+
+    def load(self, audio: Sequence[str | Path | np.ndarray]) -> list[np.ndarray]:
+        """Files -> mono float32 waveforms at the audio encoder's rate (waveforms are taken as they are)."""
+        return [
+            a.astype(np.float32) if isinstance(a, np.ndarray) else load_audio(a, self.sample_rate, self.max_seconds)
+            for a in audio
+        ]
 
     @torch.no_grad()
     def embed_audio(self, waves: list[np.ndarray]) -> torch.Tensor:
@@ -134,8 +168,91 @@ class AudioToImagePipeline:
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> torch.Tensor:
+        """Captions or prompts -> L2-normalised points of the shared space (where they meet the audio)."""
         latents = torch.from_numpy(self.text_encoder.encode(texts, tokens=self.text_tokens)).to(self.device)
         return self.adapters.encode({"text": latents})["text"]
+
+    @torch.no_grad()
+    def mix(self, points: torch.Tensor, text: str | None, text_weight: float) -> torch.Tensor:
+        """Points moved toward a text prompt in the shared space (weight 0: the points alone, 1: the text alone)."""
+        if text_weight <= 0:
+            return points
+        mixed = (1 - text_weight) * points + text_weight * self.embed_text([text or ""])
+        return torch.nn.functional.normalize(mixed, dim=-1)
+
+    @torch.no_grad()
+    def condition(self, points: torch.Tensor, mode: str | None = None, top_k: int = 5) -> Conditioning:
+        """Points of the shared space -> what the image model is conditioned on, and the captions each "heard".
+
+        ``translate``: the translator's ``prompt_embeds`` (+ its learnt negative embeds); ``retrieve``: the nearest
+        caption of the bank becomes a text prompt. Either way ``heard`` lists the ``top_k`` nearest bank captions.
+        """
+        mode = self.preset.mode if mode is None else mode
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "retrieve" and not self.bank_captions:
+            raise InputError("retrieve mode needs a caption bank in the preset")
+        n = points.shape[0]
+        heard = nearest(points, self.bank, self.bank_captions, top_k) if self.bank_captions else [[] for _ in range(n)]
+        if mode == "retrieve":
+            prompts: list[str | None] = [h[0][0] for h in heard]
+            return Conditioning({"prompt": prompts}, heard, prompts, mode)
+        inputs = {
+            "prompt_embeds": self.translator(points),
+            "negative_prompt_embeds": self.translator.negative_embeds(n),
+        }
+        return Conditioning(inputs, heard, [None] * n, mode)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | Sequence[int] | None = None,
+        generator: list[torch.Generator] | None = None,
+        num_images_per_audio: int = 1,
+        progress: bool = False,
+    ) -> list[list[Image.Image]]:
+        """Run the stock image pipeline on a conditioning; per clip, ``num_images_per_audio`` images.
+
+        Image j of clip i is drawn with ``seeds[i] + j`` (see ``resolve_seeds``), unless ``generator`` gives one
+        ``torch.Generator`` per image (clip-major). ``progress`` shows the pipeline's denoising progress bar.
+        """
+        n, per = len(conditioning), num_images_per_audio
+        if generator is None:
+            generator = [torch.Generator().manual_seed(s + j) for s in self.resolve_seeds(seed, n) for j in range(per)]
+        if len(generator) != n * per:
+            raise InputError(f"generator: need one per image ({n * per}), got {len(generator)}")
+        self.image_pipe.set_progress_bar_config(disable=not progress)
+        extra = {"progress": progress} if self.preset.kind == "demo" else {}  # the demo pipeline's own switch
+        out = self.image_pipe(
+            **conditioning.inputs,
+            num_inference_steps=self.preset.steps if num_inference_steps is None else num_inference_steps,
+            guidance_scale=self.preset.guidance if guidance_scale is None else guidance_scale,
+            num_images_per_prompt=per,
+            generator=generator,
+            **extra,
+        )
+        flat = list(out.images)
+        return [flat[i * per : (i + 1) * per] for i in range(n)]
+
+    @staticmethod
+    def resolve_seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
+        """One seed per clip: a list is taken as it is, an int seeds every clip alike, None draws them at random.
+
+        Callers that name their clips derive per-clip seeds with ``generator.records.clip_seed``.
+        """
+        if seed is None:
+            rng = random.SystemRandom()
+            return [rng.randrange(2**31) for _ in range(n)]
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed)] * n
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise InputError(f"seed: need one per clip ({n}), got {len(seeds)}")
+        return seeds
 
     @torch.no_grad()
     def __call__(
@@ -148,63 +265,48 @@ class AudioToImagePipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         num_images_per_audio: int = 1,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         top_k: int = 5,
         progress: bool = False,
     ) -> AudioToImageOutput:
+        """Audio files or waveforms -> images; ``seed``: one per clip, or one int for all (see ``resolve_seeds``)."""
+        # 1. check inputs; resolve the preset's defaults
         mode = self.preset.mode if mode is None else mode
         steps = self.preset.steps if num_inference_steps is None else num_inference_steps
         guidance = self.preset.guidance if guidance_scale is None else guidance_scale
-        # 1. check inputs
         self.check_inputs(audio, mode, text, text_weight, steps, num_images_per_audio, top_k)
+        seeds = self.resolve_seeds(seed, len(audio))
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        start = t = time.perf_counter()
 
         # 2. load audio
-        waves = [
-            a.astype(np.float32) if isinstance(a, np.ndarray) else load_audio(a, self.sample_rate, self.max_seconds)
-            for a in audio
-        ]
-        timings["load_audio"] = time.perf_counter() - t0
+        waves = self.load(audio)
+        timings["load_audio"], t = time.perf_counter() - t, time.perf_counter()
 
-        # 3. audio -> shared space (mixed with the text prompt if any)
-        t = time.perf_counter()
-        points = self.embed_audio(waves)
-        if text_weight > 0:
-            points = torch.nn.functional.normalize(
-                (1 - text_weight) * points + text_weight * self.embed_text([text]), dim=-1
-            )
-        heard = nearest(points, self.bank, self.bank_captions, top_k) if self.bank_captions else [[] for _ in waves]
-        timings["encode"] = time.perf_counter() - t
+        # 3. audio -> shared space, mixed with the text prompt if any
+        points = self.mix(self.embed_audio(waves), text, text_weight)
+        timings["encode"], t = time.perf_counter() - t, time.perf_counter()
 
-        # 4. shared space -> image model conditioning
-        t = time.perf_counter()
-        n = len(waves)
-        if mode == "translate":
-            cond = {
-                "prompt_embeds": self.translator(points),
-                "negative_prompt_embeds": self.translator.negative_embeds(n),
-            }
-            prompts: list[str | None] = [None] * n
-        else:
-            prompts = [h[0][0] for h in heard]
-            cond = {"prompt": prompts}
-        timings["translate"] = time.perf_counter() - t
+        # 4. shared space -> the image model's conditioning (and what each clip "heard")
+        conditioning = self.condition(points, mode, top_k)
+        timings["translate"], t = time.perf_counter() - t, time.perf_counter()
 
-        # 5. denoise with the stock pipeline; image j of clip i is drawn with seed seeds[i] + j
-        t = time.perf_counter()
-        base = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
-        seeds = [base + 1000 * i for i in range(n)]
-        generators = [torch.Generator().manual_seed(s + j) for s in seeds for j in range(num_images_per_audio)]
-        out = self.image_pipe(
-            **cond,
+        # 5. denoise with the stock pipeline
+        images = self.denoise(
+            conditioning,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            num_images_per_prompt=num_images_per_audio,
-            generator=generators,
+            seed=seeds,
+            num_images_per_audio=num_images_per_audio,
+            progress=progress,
         )
-        flat = list(out.images)
-        images = [flat[i * num_images_per_audio : (i + 1) * num_images_per_audio] for i in range(n)]
         timings["diffusion"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        return AudioToImageOutput(images=images, heard=heard, prompts=prompts, timings=timings, seeds=seeds, mode=mode)
+        timings["total"] = time.perf_counter() - start
+        return AudioToImageOutput(
+            images=images,
+            heard=conditioning.heard,
+            prompts=conditioning.prompts,
+            timings=timings,
+            seeds=seeds,
+            mode=mode,
+        )

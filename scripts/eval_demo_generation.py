@@ -3,7 +3,8 @@
     .venv/bin/python scripts/eval_demo_generation.py --limit 500 --json runs/generation_eval.json
     .venv/bin/python scripts/eval_demo_generation.py --preset checkpoints/demo --limit 64 --conditions text audio
 
-Conditions, same seeds and settings for all:
+Conditions, same seeds (from --seed and each clip's name) and settings for all, through the pipeline's own steps
+(``embed_text``/``embed_audio`` -> ``condition`` -> ``denoise``), scored by ``demoworld.judge.score``:
   text            the caption through the image model's own text encoder (upper bound)
   text-translated the caption -> MiniLM -> shared space -> translator (what the translator loses)
   audio           the spoken caption through the full audio path in translate mode
@@ -17,45 +18,37 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from demoworld.judge import judge_image
+from demoworld import judge
 from fusion.cache import atomic_write_json
-from generator.audio_to_image import AudioToImagePipeline
+from generator.audio_to_image import AudioToImagePipeline, Conditioning
+from generator.records import clip_seed
 
-ATTRS = ("background", "colour", "shape", "size")
 CONDITIONS = ("text", "text-translated", "audio", "audio-retrieve")
+
+
+def conditioning(pipe: AudioToImagePipeline, condition: str, items: list[dict], root: Path) -> Conditioning:
+    """The image model's conditioning for one condition, through the pipeline's own steps."""
+    captions = [it["caption"] for it in items]
+    if condition == "text":
+        return Conditioning.from_prompts(captions)
+    if condition == "text-translated":
+        return pipe.condition(pipe.embed_text(captions), "translate")
+    points = pipe.embed_audio(pipe.load([root / it["audio"] for it in items]))
+    return pipe.condition(points, "translate" if condition == "audio" else "retrieve")
 
 
 def generate(
     pipe: AudioToImagePipeline, condition: str, items: list[dict], root: Path, steps: int, guidance: float, seed: int
-):
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(items))]
-    captions = [it["caption"] for it in items]
-    if condition == "text":
-        return pipe.image_pipe(
-            prompt=captions, num_inference_steps=steps, guidance_scale=guidance, generator=gens
-        ).images
-    if condition == "text-translated":
-        points = pipe.embed_text(captions)
-        return pipe.image_pipe(
-            prompt_embeds=pipe.translator(points),
-            negative_prompt_embeds=pipe.translator.negative_embeds(len(items)),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gens,
-        ).images
-    mode = "translate" if condition == "audio" else "retrieve"
-    out = pipe(
-        [str(root / it["audio"]) for it in items],
-        mode=mode,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        seed=seed,
+) -> list:
+    """One image per item; an item's seed depends on the job seed and its audio alone, the same in every condition."""
+    seeds = [clip_seed(seed, Path(it["audio"]).stem) for it in items]
+    images = pipe.denoise(
+        conditioning(pipe, condition, items, root), num_inference_steps=steps, guidance_scale=guidance, seed=seeds
     )
-    return [imgs[0] for imgs in out.images]
+    return [per_clip[0] for per_clip in images]
 
 
 def main() -> None:
@@ -77,20 +70,17 @@ def main() -> None:
     results = {}
     for cond in a.conditions:
         t0 = time.time()
-        hits = {k: [] for k in ATTRS}
+        images = []
         for i in tqdm(range(0, len(items), a.batch), desc=cond):
-            chunk = items[i : i + a.batch]
             with torch.no_grad():
-                images = generate(pipe, cond, chunk, root, a.steps, a.guidance, a.seed + i)
-            for image, it in zip(images, chunk, strict=True):
-                seen = judge_image(image)
-                for k in ATTRS:
-                    hits[k].append(seen[k] == it["scene"][k])
-        results[cond] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
+                images += generate(pipe, cond, items[i : i + a.batch], root, a.steps, a.guidance, a.seed)
+        accuracy = judge.score(images, [it["scene"] for it in items])["accuracy"]
+        results[cond] = {k: round(float(v), 3) for k, v in accuracy.items()}
         results[cond]["seconds"] = round(time.time() - t0, 1)
-    print(f"{'condition':<16}" + "".join(f"{k:>12}" for k in ATTRS) + f"{'seconds':>10}")
+    columns = (*judge.ATTRIBUTES, "all")
+    print(f"{'condition':<16}" + "".join(f"{k:>12}" for k in columns) + f"{'seconds':>10}")
     for cond, r in results.items():
-        print(f"{cond:<16}" + "".join(f"{r[k]:>12.3f}" for k in ATTRS) + f"{r['seconds']:>10.1f}")
+        print(f"{cond:<16}" + "".join(f"{r[k]:>12.3f}" for k in columns) + f"{r['seconds']:>10.1f}")
     if a.json:
         atomic_write_json(
             Path(a.json),

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from fusion.audio import load_audio
+from fusion.errors import InputError
 
 CAPTIONS = ["a red circle on blue", "a small green square on white", "a large black cross on yellow"]
 
@@ -58,14 +59,16 @@ class FakeAudioToImagePipeline:
     ) -> FakeOutput:
         mode = self.default_mode if mode is None else mode  # the preset's default, as the real pipeline does
         if mode not in ("translate", "retrieve"):
-            raise ValueError(f"mode must be 'translate' or 'retrieve', got {mode!r}")
+            raise InputError(f"mode must be 'translate' or 'retrieve', got {mode!r}")
         if not 0.0 <= text_weight <= 1.0:
-            raise ValueError(f"text_weight must be in [0, 1], got {text_weight}")
+            raise InputError(f"text_weight must be in [0, 1], got {text_weight}")
         self.calls.append({"audio": list(audio), "seed": seed, "mode": mode, "text": text, "n": num_images_per_audio})
         start = time.perf_counter()
         waves = [a if isinstance(a, np.ndarray) else load_audio(a, self.sample_rate, self.max_seconds) for a in audio]
-        base = seed if seed is not None else int(np.random.default_rng().integers(2**31))
-        seeds = [base + i for i in range(len(waves))]
+        if seed is None:  # one seed per clip, or one int for all, as AudioToImagePipeline.resolve_seeds
+            seeds = [int(s) for s in np.random.default_rng().integers(2**31, size=len(waves))]
+        else:
+            seeds = [int(seed)] * len(waves) if isinstance(seed, int) else [int(s) for s in seed]
         images, heard = [], []
         for wave, clip_seed in zip(waves, seeds, strict=True):
             rng = np.random.default_rng([clip_seed, int(abs(wave).sum() * 1000) % 2**31])

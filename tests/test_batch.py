@@ -7,6 +7,7 @@ end runs the shipped demo pipeline over the example clips.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,15 @@ import pytest
 from PIL import Image
 
 from fusemix import batch as batch_cli
+from fusemix import cli
+from fusion.errors import InputError
+from generator import batch
+from generator import records as schema
 from generator.batch import (
     RESULTS,
     BatchClip,
     BatchConfig,
+    StaleResultsError,
     clip_seed,
     completed_clips,
     find_clips,
@@ -82,13 +88,25 @@ def test_find_clips_rejects_bad_input(tmp_path):
         find_clips(tmp_path / "x.bin")
 
 
-def test_manifest_ids_cannot_escape_the_output_folder(tmp_path):
-    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "../../etc/x", "audio": str(CLIPS[0])}) + "\n")
-    (clip,) = find_clips(tmp_path / "m.jsonl")
-    assert ".." not in clip.id.split("/") and not clip.id.startswith("/")
+@pytest.mark.parametrize(
+    ("bad_id", "why"),
+    [("../../etc/x", "'..'"), ("a/../../b", "'..'"), ("/etc/x", "absolute"), ("a\x00b", "NUL"), ("./", "file name")],
+)
+def test_manifest_ids_that_would_leave_the_output_folder_are_refused_with_their_line(tmp_path, bad_id, why):
+    good = {"id": "fine", "audio": str(CLIPS[0])}
+    (tmp_path / "m.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"id": bad_id, "audio": str(CLIPS[1])}))
+    with pytest.raises(InputError, match=rf"m.jsonl, line 2: clip id .*{why}"):
+        find_clips(tmp_path / "m.jsonl")
+
+
+def test_manifest_ids_with_backslashes_or_dots_become_relative_paths(tmp_path):
+    lines = [{"id": "sub\\dog", "audio": str(CLIPS[0])}, {"id": "./x//y", "audio": str(CLIPS[1])}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [c.id for c in find_clips(tmp_path / "m.jsonl")] == ["sub/dog", "x/y"]
 
 
 def test_clip_seed_is_stable_and_depends_on_both_inputs():
+    assert clip_seed is schema.clip_seed  # one seed rule for generate, batch and the UI
     assert clip_seed(0, "a") == clip_seed(0, "a")
     assert len({clip_seed(0, "a"), clip_seed(1, "a"), clip_seed(0, "b")}) == 3
     assert 0 <= clip_seed(123, "x" * 500) < 2**31
@@ -106,7 +124,9 @@ def test_run_batch_writes_images_and_results(fake, folder, tmp_path):
         assert Image.open(out / r["image"]).size == (32, 32)
         assert Image.open(out / r["view"]).size == (256, 256)
     assert (out / "sub" / "c_1.png").is_file()
-    assert [call["seed"] for call in fake.calls] == [clip_seed(5, c) for c in ("a", "b", "sub/c")]
+    assert [call["seed"] for call in fake.calls] == [[clip_seed(5, c)] for c in ("a", "b", "sub/c")]
+    assert all(tuple(r) == schema.RECORD_KEYS and r["settings"] == BatchConfig(
+        num_images_per_audio=2, seed=5).settings().as_dict() for r in records)  # fmt: skip
 
 
 def test_images_do_not_depend_on_order_or_resume(fake, folder, tmp_path):
@@ -133,9 +153,12 @@ def test_rerun_does_no_new_work_and_redoes_missing_images(fake, folder, tmp_path
     third = run_batch(fake, find_clips(folder), out, config)
     assert (third.done, third.skipped) == (1, 2)
     assert fake.calls[-1]["audio"] == [folder / "b.OGG"]
-    # more images per clip than before: every clip needs its new image
-    fourth = run_batch(fake, find_clips(folder), out, BatchConfig(num_images_per_audio=2, progress=False))
-    assert fourth.done == 3 and completed_clips(out, 2) == {"a", "b", "sub/c"}
+    # more images per clip than before: other settings, refused unless asked to overwrite
+    two = BatchConfig(num_images_per_audio=2, progress=False)
+    with pytest.raises(StaleResultsError, match="num_images_per_audio 1 -> 2"):
+        run_batch(fake, find_clips(folder), out, two)
+    fourth = run_batch(fake, find_clips(folder), out, two, overwrite=True)
+    assert fourth.done == 3 and completed_clips(out, 2) == {"a", "b", "sub/c"} and len(lines(out)) == 6
 
 
 def test_bad_clip_is_recorded_and_the_rest_still_run(fake, folder, tmp_path):
@@ -194,7 +217,7 @@ def test_cli_summary_and_exit_codes(fake, folder, tmp_path, monkeypatch, capsys)
     assert batch_cli.main(argv) == 1
     printed = capsys.readouterr().out
     assert "1 failed" in printed and "bad.flac" in printed
-    assert fake.calls[-1]["seed"] == clip_seed(9, "bad")
+    assert fake.calls[-1]["seed"] == [clip_seed(9, "bad")]
 
 
 def test_cli_rejects_bad_input_before_loading_a_model(monkeypatch, tmp_path):
@@ -229,3 +252,136 @@ def test_records_name_the_mode_used_preset_default_or_asked(folder, tmp_path, mo
     assert {r["mode"] for r in lines(tmp_path / "asked")} == {"translate"}
     with pytest.raises(ValueError, match="mode must be one of"):
         run_batch(retrieving, find_clips(folder), tmp_path / "bad", BatchConfig(mode="paint", progress=False))
+
+
+# ---------- a clip fails alone, writing included; ids that cannot be file names are refused up front ----------
+
+
+def test_a_clip_whose_files_cannot_be_written_fails_alone(fake, folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where clip sub/c needs a folder")
+    (out / "b_0.png").mkdir()  # a folder where clip b's image goes
+    summary = run_batch(fake, find_clips(folder), out, BatchConfig(progress=False))
+    assert (summary.done, summary.failed) == (1, 2) and set(summary.errors) == {"b", "sub/c"}
+    errors = {r["clip"]: r for r in lines(out) if r["error"]}
+    assert "cannot write the images of clip 'sub/c'" in errors["sub/c"]["error"]
+    assert tuple(errors["b"]) == schema.RECORD_KEYS and errors["b"]["seed"] == clip_seed(0, "b")
+    assert completed_clips(out, 1) == {"a"} and not list(out.rglob(".*.tmp"))
+    (out / "sub").unlink()
+    (out / "b_0.png").rmdir()
+    again = run_batch(fake, find_clips(folder), out, BatchConfig(progress=False))
+    assert (again.done, again.skipped, again.failed) == (2, 1, 0)
+
+
+def test_write_errors_isolate_clips_even_past_the_up_front_check(fake, tmp_path, monkeypatch):
+    """The per-clip isolation does not rely on the name check: with it switched off, the issue's two cases (a
+    300-character id, ids ``a`` and ``a_0.png/b``) give those clips error lines and the later clips still run."""
+    monkeypatch.setattr(batch, "check_output_names", lambda *args: None)
+    clips = [
+        BatchClip("x" * 300, CLIPS[0]),
+        BatchClip("a", CLIPS[1]),
+        BatchClip("a_0.png/b", CLIPS[2]),
+        BatchClip("last", CLIPS[3]),
+    ]
+    summary = run_batch(fake, clips, tmp_path / "out", BatchConfig(progress=False, view_size=0))
+    assert summary.failed == 2 and summary.done == 2
+    assert set(summary.errors) == {"x" * 300, "a_0.png/b"}
+    assert "too long" in summary.errors["x" * 300].lower()
+    assert (tmp_path / "out" / "last_0.png").is_file()
+
+
+def write_manifest(path: Path, ids: list[str]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"id": i, "audio": str(CLIPS[k % len(CLIPS)])}) + "\n" for k, i in enumerate(ids))
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["ok", "x" * 300], r"line 2: clip id 'x{300}' is too long"),
+        (
+            ["a", "ok", "a_0.png/b"],
+            r"line 3: clip id 'a_0.png/b' needs a folder 'a_0.png', which is a file of .*line 1",
+        ),
+        (["ok", "results.jsonl/x"], r"line 2: .*the results file"),
+        (["d/" + "y" * 256 + "/z"], r"line 1: clip id .* too long"),
+    ],
+)
+def test_cli_refuses_ids_that_cannot_be_file_names_before_loading_a_model(tmp_path, monkeypatch, capsys, ids, message):
+    import generator.audio_to_image as a2i
+
+    loaded = []
+    monkeypatch.setattr(a2i.AudioToImagePipeline, "from_preset", classmethod(lambda cls, *a, **k: loaded.append(a)))
+    out = tmp_path / "out"
+    manifest = write_manifest(tmp_path / "m.jsonl", ids)
+    assert cli.main(["batch", "--input", str(manifest), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fusemix batch: error: manifest ")
+    assert re.search(message, err[0]), err[0]
+    assert not loaded and not out.exists()  # nothing loaded, nothing written
+
+
+# ---------- a re-run never hands back images made with other settings ----------
+
+
+@pytest.fixture
+def cli_fake(fake, monkeypatch) -> FakeAudioToImagePipeline:
+    import generator.audio_to_image as a2i
+
+    monkeypatch.setattr(a2i.AudioToImagePipeline, "from_preset", classmethod(lambda cls, *a, **k: fake))
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        (["--seed", "10"], "seed 9 -> 10"),
+        (["--steps", "4"], "steps 3 -> 4"),
+        (["--mode", "translate"], "mode 'retrieve' -> 'translate'"),
+        (["--guidance", "1.5"], "guidance 3 -> 1.5"),
+        (["--num-images-per-audio", "2"], "num_images_per_audio 1 -> 2"),
+        (["--top-k", "2"], "top_k 5 -> 2"),
+        (["--preset", str(Path(__file__).resolve().parent.parent / "checkpoints" / "demo")], "preset 'demo' -> "),
+    ],
+)
+def test_rerun_with_other_settings_refuses_in_one_line_or_regenerates_with_overwrite(
+    cli_fake, folder, tmp_path, capsys, changed, named
+):
+    out = tmp_path / "out"
+    argv = ["batch", "--input", str(folder), "--out", str(out), "--no-progress", "--seed", "9", "--steps", "3"]
+    assert cli.main(argv) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    other = argv + changed  # argparse: the later flag wins
+    assert cli.main(other) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "--overwrite" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    calls = len(cli_fake.calls)
+    assert cli.main([*other, "--overwrite"]) == 0
+    assert "3 done, 0 skipped" in capsys.readouterr().out and len(cli_fake.calls) == calls + 3
+    settings = {json.dumps(r["settings"], sort_keys=True) for r in lines(out)}
+    assert len(settings) == 1  # only the new run's results are listed
+    assert cli.main(other) == 0 and "0 done, 3 skipped" in capsys.readouterr().out  # same settings: resume
+
+
+def test_spelling_out_the_presets_defaults_is_not_a_change(cli_fake, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["batch", "--input", str(folder), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert {r["settings"]["mode"] for r in lines(out)} == {"retrieve"}  # the demo preset's, recorded as such
+    spelt = [*argv, "--mode", "retrieve", "--steps", "20", "--guidance", "3"]
+    assert cli.main(spelt) == 0 and "0 done, 3 skipped" in capsys.readouterr().out
+
+
+def test_results_that_do_not_record_their_settings_are_not_reused(fake, folder, tmp_path):
+    out = tmp_path / "out"
+    run_batch(fake, find_clips(folder), out, BatchConfig(progress=False))
+    old = [{k: v for k, v in r.items() if k != "settings"} for r in lines(out)]  # as an earlier version wrote them
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(StaleResultsError, match="do not record their settings"):
+        run_batch(fake, find_clips(folder), out, BatchConfig(progress=False))
+    assert run_batch(fake, find_clips(folder), out, BatchConfig(progress=False), overwrite=True).done == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_stable_diffusion, tiny_whisper  # noqa: E402
@@ -71,6 +72,12 @@ def sd_preset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def sd_pipe(sd_preset) -> AudioToImagePipeline:
+    """The pipeline of ``sd_preset``, loaded once for the tests that only call it."""
+    return AudioToImagePipeline.from_preset(str(sd_preset))
+
+
 def test_translator_saves_loads_and_checks_shapes(tmp_path):
     torch.manual_seed(0)
     tr = Translator(in_dim=8, num_tokens=3, token_dim=5).eval()
@@ -117,8 +124,8 @@ def test_translator_learns_caption_targets(sd_preset, tmp_path):
     assert (tr.config.num_tokens, tr.config.token_dim) == (77, 32)  # SD prompt_embeds of the tiny CLIP
 
 
-def test_audio_to_image_on_tiny_stable_diffusion(sd_preset):
-    pipe = AudioToImagePipeline.from_preset(str(sd_preset))
+def test_audio_to_image_on_tiny_stable_diffusion(sd_pipe):
+    pipe = sd_pipe
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(8000).astype(np.float32) * 0.1, rng.standard_normal(12000).astype(np.float32) * 0.1]
     out = pipe(waves, seed=3, num_images_per_audio=2, top_k=3)
@@ -127,7 +134,7 @@ def test_audio_to_image_on_tiny_stable_diffusion(sd_preset):
     assert [len(h) for h in out.heard] == [3, 3] and all(c in CAPTIONS for c, _ in out.heard[0])
     scores = [s for _, s in out.heard[0]]
     assert scores == sorted(scores, reverse=True)
-    assert out.seeds == [3, 1003] and out.prompts == [None, None]
+    assert out.seeds == [3, 3] and out.prompts == [None, None]  # an int seeds every clip alike
     assert set(out.timings) >= {"load_audio", "encode", "translate", "diffusion", "total"}
     again = pipe(waves[:1], seed=3)
     assert np.array_equal(np.asarray(again.images[0][0]), np.asarray(out.images[0][0]))  # same seed, same image
@@ -141,8 +148,8 @@ def test_audio_to_image_on_tiny_stable_diffusion(sd_preset):
     assert upscale(out.images[0][0], 64).size == (64, 64)
 
 
-def test_pipeline_rejects_bad_arguments(sd_preset, tmp_path):
-    pipe = AudioToImagePipeline.from_preset(str(sd_preset))
+def test_pipeline_rejects_bad_arguments(sd_pipe, tmp_path):
+    pipe = sd_pipe
     wave = np.zeros(4000, np.float32)
     with pytest.raises(ValueError, match="mode"):
         pipe([wave], mode="dream")
@@ -183,3 +190,106 @@ def test_preset_chooses_the_default_mode(sd_preset, tmp_path):
     (tmp_path / "preset.json").write_text(json.dumps({**spec, "mode": "dream"}))
     with pytest.raises(ModelUnavailableError, match="mode must be one of"):
         load_preset(str(tmp_path))
+
+
+# ---------- the pipeline's public steps, its options, and one record schema / seed rule for generate, batch, UI
+
+
+def test_public_steps_make_what_a_call_makes(sd_pipe):
+    """embed_audio -> condition -> denoise, called one by one, give a call's images; condition and denoise also
+    start from any points of the shared space (text here), which is how the evaluation script uses them."""
+    pipe = sd_pipe
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(8000).astype(np.float32) * 0.1 for _ in range(2)]
+    out = pipe(waves, mode="translate", seed=[7, 8], top_k=3, num_inference_steps=1)
+    conditioning = pipe.condition(pipe.embed_audio(pipe.load(waves)), "translate", top_k=3)
+    assert conditioning.heard == out.heard and conditioning.mode == "translate" and len(conditioning) == 2
+    images = pipe.denoise(conditioning, seed=[7, 8], num_inference_steps=1)
+    for mine, theirs in zip(images, out.images, strict=True):
+        assert np.array_equal(np.asarray(mine[0]), np.asarray(theirs[0]))
+    other_seed = pipe.denoise(conditioning, seed=[9, 8], num_inference_steps=1)
+    assert not np.array_equal(np.asarray(other_seed[0][0]), np.asarray(images[0][0]))
+    assert np.array_equal(np.asarray(other_seed[1][0]), np.asarray(images[1][0]))  # a clip's seed is its own
+
+    from_text = pipe.condition(pipe.embed_text(CAPTIONS[:2]), "retrieve", top_k=1)
+    assert from_text.prompts == CAPTIONS[:2] and from_text.inputs == {"prompt": CAPTIONS[:2]}
+    assert len(pipe.denoise(from_text, seed=0, num_images_per_audio=2, num_inference_steps=1)[1]) == 2
+    generators = [torch.Generator().manual_seed(7)]
+    by_generator = pipe.denoise(
+        conditioning, generator=generators + [torch.Generator().manual_seed(8)], num_inference_steps=1
+    )
+    assert np.array_equal(np.asarray(by_generator[0][0]), np.asarray(images[0][0]))
+
+
+def test_seeds_one_per_clip_or_one_for_all(sd_pipe):
+    from fusion.errors import InputError
+
+    pipe = sd_pipe
+    waves = [np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1 for i in range(2)]
+    assert pipe(waves, seed=5, num_inference_steps=1).seeds == [5, 5]
+    assert pipe(waves, seed=[5, 6], num_inference_steps=1).seeds == [5, 6]
+    drawn = pipe(waves, num_inference_steps=1).seeds
+    assert len(set(drawn)) == 2 and all(0 <= s < 2**31 for s in drawn)
+    with pytest.raises(InputError, match="one per clip"):
+        pipe(waves, seed=[5])
+    with pytest.raises(InputError, match="mode"):
+        pipe.condition(pipe.embed_audio(waves), "dream")
+
+
+def test_progress_is_honoured(sd_pipe, capsys):
+    pipe = sd_pipe
+    wave = [np.zeros(8000, np.float32)]
+    capsys.readouterr()
+    pipe(wave, seed=0, num_inference_steps=2, progress=False)
+    assert "2/2" not in capsys.readouterr().err
+    pipe(wave, seed=0, num_inference_steps=2, progress=True)
+    assert "2/2" in capsys.readouterr().err  # the diffusers pipeline's own bar
+    pipe(wave, seed=0, num_inference_steps=2)
+    assert "2/2" not in capsys.readouterr().err  # and off again
+
+
+def test_generate_batch_and_ui_share_one_record_schema_and_seed_rule(sd_preset, sd_pipe, tmp_path, monkeypatch):
+    """The same file with the same --seed gives the same images and the same record keys in all three."""
+    from fusemix.cli import main as fusemix
+    from generator.records import RECORD_KEYS, clip_seed
+
+    loaded = []  # the CLIs load sd_preset's pipeline: hand them the one already loaded
+    monkeypatch.setattr(
+        AudioToImagePipeline, "from_preset", classmethod(lambda cls, p, **k: loaded.append(p) or sd_pipe)
+    )
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.ogg"))[:2]
+    for clip in examples:
+        (sounds / clip.name).write_bytes(clip.read_bytes())
+    files = sorted(sounds.glob("*.ogg"))
+    preset = ["--preset", str(sd_preset), "--seed", "4", "--num-images-per-audio", "2", "--steps", "1"]
+    assert fusemix(["generate", *map(str, files), "--out", str(tmp_path / "gen"), *preset]) == 0
+    assert fusemix(["batch", "--input", str(sounds), "--out", str(tmp_path / "batch"), "--no-progress", *preset]) == 0
+    batch_records = {
+        (r["clip"], r["index"]): r
+        for r in map(json.loads, (tmp_path / "batch" / "results.jsonl").read_text().splitlines())
+    }
+    for clip in files:
+        for k in range(2):
+            sidecar = json.loads((tmp_path / "gen" / f"{clip.stem}_{k}.json").read_text())
+            record = batch_records[(clip.stem, k)]
+            assert tuple(sidecar) == tuple(record) == RECORD_KEYS
+            assert sidecar["seed"] == record["seed"] == clip_seed(4, clip.stem)
+            assert sidecar["settings"] == record["settings"] and sidecar["settings"]["seed"] == 4
+            assert sidecar["heard"] == record["heard"] and all(len(pair) == 2 for pair in sidecar["heard"])
+            assert set(sidecar["timings"]) >= {"encode", "diffusion", "total"}
+            generated = np.asarray(Image.open(tmp_path / "gen" / sidecar["image"]), np.int16)
+            batched = np.asarray(Image.open(tmp_path / "batch" / record["image"]), np.int16)
+            assert np.abs(generated - batched).max() <= 2  # same noise; only float rounding may differ
+
+    pytest.importorskip("gradio")
+    from ui.app import Generator
+
+    assert loaded == [str(sd_preset)] * 2
+    ui_images, ui_heard, info = Generator(sd_pipe).generate(str(files[0]), "", 0.0, "translate", 1, 2.0, 4, False, 2)
+    view = np.asarray(Image.open(tmp_path / "gen" / f"{files[0].stem}_1_view.png"), np.int16)
+    assert np.abs(np.asarray(ui_images[1], np.int16) - view).max() <= 2
+    assert ui_heard == json.loads((tmp_path / "gen" / f"{files[0].stem}_0.json").read_text())["heard"]
+    assert f"seed 4 (clip seed {clip_seed(4, files[0].stem)})" in info

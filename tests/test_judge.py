@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,58 @@ def test_judge_cli_table_and_json(tmp_path, capsys):
     manifest.write_text(json.dumps({"image": "0.png"}) + "\n")
     assert cli.main(["demo", "judge", "--images", str(images), "--manifest", str(manifest)]) == 1
     assert "prompts.jsonl:1" in capsys.readouterr().err
+
+
+def test_score_says_per_image_which_named_attributes_were_right():
+    want = {"shape": "circle", "colour": "red", "size": "small", "background": "blue"}
+    right = scenes.render(scenes.Scene("circle", "red", "small", "blue"), 32)
+    wrong_background = scenes.render(scenes.Scene("circle", "red", "small", "green"), 32)
+    result = judge.score([right, wrong_background, right], [want, want, "a red circle"])
+    assert result["correct"][0] == dict.fromkeys(judge.ATTRIBUTES, True)
+    assert result["correct"][1]["background"] is False and sum(result["correct"][1].values()) == 3
+    assert set(result["correct"][2]) == {"colour", "shape"}  # only what the caption names
+    assert result["accuracy"]["background"] == 0.5 and result["accuracy"]["all"] == pytest.approx(2 / 3)
+
+
+def test_demo_run_scores_with_the_judge(tmp_path, monkeypatch, capsys):
+    """`fusemix demo run` scores its images with demoworld.judge.score: a generator that draws exactly the asked
+    scene scores 1.0, one that draws every scene on the wrong background scores 0 on background."""
+    from generator import audio_to_image
+    from generator.presets import load_preset
+    from tests.fake_audio_to_image import EXAMPLES, FakeAudioToImagePipeline
+
+    items = [json.loads(line) for line in (EXAMPLES / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    scene_of = {item["audio"]: item["scene"] for item in items}
+
+    class Drawing(FakeAudioToImagePipeline):
+        def __init__(self, background: str | None):
+            super().__init__(default_mode="retrieve")
+            self.background, self.preset = background, load_preset("demo")
+
+        def __call__(self, audio, **kwargs):
+            out = super().__call__(audio, **kwargs)
+            for i, path in enumerate(audio):
+                s = dict(scene_of[Path(path).name])
+                if self.background:
+                    s["background"] = self.background if s["colour"] != self.background else "black"
+                scene = scenes.Scene(s["shape"], s["colour"], s["size"], s["background"])
+                out.images[i] = [Image.fromarray(scenes.render(scene, 32))]
+            return out
+
+    for background, expected in ((None, 1.0), ("green", 0.0)):
+        pipe = Drawing(background)
+        monkeypatch.setattr(
+            audio_to_image.AudioToImagePipeline, "from_preset", classmethod(lambda cls, *a, p=pipe, **k: p)
+        )
+        out = tmp_path / str(background)
+        assert cli.main(["demo", "run", "--out", str(out), "--seed", "3"]) == 0
+        report = json.loads((out / "judge.json").read_text())
+        assert report["count"] == len(items) and report["mode"] == "retrieve"
+        if expected == 1.0:
+            assert report["accuracy"] == dict.fromkeys([*judge.ATTRIBUTES, "all"], 1.0)
+        else:
+            drawn = [("green" if s["colour"] != "green" else "black", s["background"]) for s in scene_of.values()]
+            right = sum(drawn_bg == asked for drawn_bg, asked in drawn) / len(items)
+            assert report["accuracy"]["background"] == pytest.approx(right) == report["accuracy"]["all"]
+            assert report["accuracy"]["shape"] == 1.0
+        assert f"accuracy (retrieve mode): background {report['accuracy']['background']:.2f}" in capsys.readouterr().out
