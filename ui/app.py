@@ -21,11 +21,14 @@ from typing import Any
 
 import gradio as gr
 
-from fusion.errors import AudioError
+from fusion.errors import FusemixError, InputError
+from generator.presets import shipped_path
+from generator.records import Settings, clip_seed, image_record, split_output
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = shipped_path("examples")
+MAX_TEXT_CHARS = 1000  # longest text prompt accepted (the text encoder reads far fewer tokens anyway)
 VIEW_SIZE = 256  # images smaller than this are shown upscaled (nearest neighbour, so pixels stay sharp)
 CAPTION_HEADERS = ["what it heard (nearest captions)", "cosine"]
 
@@ -61,8 +64,9 @@ def _seconds(timings: dict[str, float]) -> str:
 class Generator:
     """The ``generate`` event: one clip (+ optional text) -> images, nearest captions, a line of timings."""
 
-    def __init__(self, pipeline: Any):
+    def __init__(self, pipeline: Any, max_file_mb: float | None = None):
         self.pipeline = pipeline
+        self.max_file_mb = max_file_mb  # also enforced by gradio at upload; checked again for direct API calls
 
     def generate(
         self,
@@ -84,17 +88,20 @@ class Generator:
             seed = secrets.randbelow(2**31)
         text = (text or "").strip()
         try:
+            self.check_request(audio, text)
+            settings = self.settings(mode, steps, guidance, seed, num_images, text, text_weight)
             output = self.pipeline(
                 [audio],
                 mode=mode,
-                text=text or None,
-                text_weight=float(text_weight) if text else 0.0,
-                num_inference_steps=int(steps),
-                guidance_scale=float(guidance),
-                num_images_per_audio=int(num_images),
-                seed=int(seed),
+                text=settings.text,
+                text_weight=settings.text_weight,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                num_images_per_audio=settings.num_images_per_audio,
+                # the clip's seed from the seed and the file's name: fusemix generate/batch draw the same images
+                seed=[clip_seed(settings.seed, Path(audio).stem)],
             )
-        except (AudioError, ValueError) as err:
+        except FusemixError as err:
             # the message names gradio's temporary copy of the upload; the user knows it by its own name
             message = str(err).replace(audio, Path(audio).name)
             raise gr.Error(html.escape(message), print_exception=False) from None
@@ -102,17 +109,43 @@ class Generator:
             log.exception("generation failed for %s", audio)
             raise gr.Error(f"Generation failed ({type(err).__name__}); the server log has the details.") from None
         images = [upscale(im, VIEW_SIZE) if max(im.size) < VIEW_SIZE else im for im in output.images[0]]
-        heard = [[caption, round(float(score), 3)] for caption, score in output.heard[0]]
-        info = f"seed {output.seeds[0]} · {_seconds(output.timings)}"
-        if output.prompts[0]:
-            info += f"\n\nprompt used (retrieve mode): *{output.prompts[0]}*"
-        return images, heard, info
+        # the same record fusemix generate/batch write (generator.records); the page shows its parts
+        record = image_record(Path(audio).stem, Path(audio).name, 0, None, None, split_output(output)[0], settings)
+        info = f"seed {settings.seed} (clip seed {record['seed']}) · {_seconds(record['timings'])}"
+        if record["prompt"]:
+            info += f"\n\nprompt used (retrieve mode): *{record['prompt']}*"
+        return images, record["heard"], info
+
+    def settings(
+        self, mode: str, steps: float, guidance: float, seed: float, num_images: float, text: str, text_weight: float
+    ) -> Settings:
+        """The request's options as the records of fusemix generate/batch hold them."""
+        preset = getattr(getattr(self.pipeline, "preset", None), "folder", None)
+        return Settings(
+            preset=str(preset) if preset else None,
+            mode=mode,
+            steps=int(steps),
+            guidance=float(guidance),
+            seed=int(seed),
+            num_images_per_audio=int(num_images),
+            text=text or None,
+            text_weight=float(text_weight) if text else 0.0,
+            view_size=VIEW_SIZE,
+        )
+
+    def check_request(self, audio: str, text: str) -> None:
+        """Limits a request must meet before any model runs: prompt length and upload size."""
+        if len(text) > MAX_TEXT_CHARS:
+            raise InputError(f"the text prompt has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        size = Path(audio).stat().st_size if Path(audio).is_file() else 0
+        if self.max_file_mb and size > self.max_file_mb * 1024 * 1024:
+            raise InputError(f"audio file {audio}: {size / 2**20:.1f} MB is over the limit of {self.max_file_mb:g} MB")
 
 
 def build_app(pipeline: Any, examples: list[Example] | None = None, max_file_mb: float | None = None) -> gr.Blocks:
     """The Blocks of the app around a loaded ``AudioToImagePipeline`` (anything with its call signature)."""
     examples = bundled_examples() if examples is None else examples
-    handler = Generator(pipeline)
+    handler = Generator(pipeline, max_file_mb)
     preset = getattr(pipeline, "preset", None)  # the real pipeline knows its model's default steps and guidance
     default_steps, default_guidance = getattr(preset, "steps", 20), getattr(preset, "guidance", 3.0)
     default_mode = getattr(preset, "mode", "translate")
