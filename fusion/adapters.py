@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from fusion.blocks import ResidualMLPBlock, build_tower  # noqa: F401 (ResidualMLPBlock: re-exported for old imports)
+from fusion.errors import InputError
 from fusion.sparse import SPARSE_MODES, SparsePoolTower
 
 MODALITIES = ("audio", "text")
@@ -250,7 +251,7 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
                 raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
             expected = self.config.audio_dim if modality == "audio" else self.config.text_dim
             if x.shape[-1] != expected:
-                raise ValueError(f"{modality} latents have dim {x.shape[-1]}, the adapter expects {expected}")
+                raise InputError(f"{modality} latents have dim {x.shape[-1]}, the adapter expects {expected}")
             self.check_shape(modality, x)
             out[modality] = nn.functional.normalize(self.towers[modality](x), dim=-1)
         return out
