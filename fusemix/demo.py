@@ -2,7 +2,8 @@
 
 fusemix demo build --out data/demo --size small
 fusemix demo judge --images outputs/demo --manifest outputs/demo/prompts.jsonl
-fusemix demo train-image-model --data data/demo --out checkpoints/demo/image_model
+fusemix demo train-image-model --out runs/image_model
+fusemix demo make-default --check                # the shipped default equals its recipe?
 fusemix demo run --out outputs/demo      # what `make demo` runs
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import importlib
 
+from fusion.errors import InputError
+
 ACTIONS: dict[str, tuple[str, str]] = {
     "build": ("fusemix.demo_build", "generate scenes, captions, spoken captions and splits"),
+    "build-neural": ("fusemix.demo_build_neural", "speak a split again with held-out neural (Kokoro) speakers"),
     "judge": ("fusemix.demo_judge", "score generated images against their prompts"),
     "train-image-model": ("fusemix.demo_train_image_model", "train the demo world's text-to-image UNet"),
     "run": ("fusemix.demo_run", "the main job on the embedded default (what `make demo` runs)"),
+    "make-default": ("fusemix.demo_make_default", "rebuild the embedded default from its recipe, or --check it"),
 }
 
 
@@ -24,7 +29,7 @@ def main(argv: list[str]) -> int:
         for name, (_, help_) in ACTIONS.items():
             print(f"  {name:<20} {help_}")
         if argv and argv[0] not in ("-h", "--help"):
-            raise ValueError(f"unknown demo action {argv[0]!r}")
+            raise InputError(f"unknown demo action {argv[0]!r}")
         return 0 if argv else 2
     from fusemix.cli import quiet_model_loading
 

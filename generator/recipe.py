@@ -1,0 +1,318 @@
+"""The recipe of the embedded default (``checkpoints/demo``): every setting in one dataclass, run step by step.
+
+    fusemix demo make-default --work runs/demo-default               # the shipped recipe (hours on CPU)
+    fusemix demo make-default --tiny --out /tmp/tiny                  # the same steps at toy size (minutes on CPU)
+    fusemix demo make-default --check                                 # do the shipped configs equal the recipe?
+
+Steps (each writes under WORK; the preset goes to OUT):
+
+1. ``world``, ``world_extra``: build the demo world, and a second build (another seed) whose training split adds
+   training clips (its val/test splits go unused);
+2. ``extract_*``: audio and text latents (token latents when ``audio_tokens``/``text_tokens`` are set) of the
+   training and test splits, the extra world's training split, and of the caption bank (every scene combination x
+   training template, both size words); ``train_all``: the two training caches joined;
+3. ``fusemix``: FuseMix adapters (``fusion.train``), then ``eval``: retrieval on the test split;
+4. ``translator``: shared space -> the image model's token states, trained on the bank captions;
+5. ``image_base``, ``image_tuned``: the demo image model on captions, then continued to ``image_steps`` with part of
+   each batch conditioned through the translator (so translated prompts work);
+6. ``preset``: adapters + translator (float16 when ``half``), image model, caption bank points in S, preset.json.
+
+``generator.recipe_run`` runs the steps; ``generator.recipe_check`` compares a preset folder with a recipe. This
+module holds only the settings and what each step is given, so both read the same source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Every setting behind a demo preset. ``DEFAULT`` made the shipped ``checkpoints/demo``."""
+
+    name: str = "default"  # the recipe's name (RECIPES key); recorded nowhere
+    # -- demo worlds
+    world_size: str = (
+        "default"  # `fusemix demo build --size`: 1,500/300/500 scenes, two spoken captions per train scene
+    )
+    world_seed: int = 0  # seed of the main world (its test split is the README's yardstick)
+    extra_world_size: str | None = "4600"  # a second build adding its 3,000 training scenes (6,000 clips); None: none
+    extra_world_seed: int = 1  # seed of the second build (must differ from world_seed)
+    resolution: int = 32  # image side of the worlds' scenes and of the image model
+    # -- encoders and latents
+    audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
+    text_encoder: str = "all-MiniLM-L6-v2"  # frozen text encoder
+    audio_tokens: int | None = 32  # tokens per clip in the audio cache (`extract --tokens`); None: pooled vectors
+    text_tokens: int | None = 16  # token states per caption in the text cache; None: pooled vectors
+    bank_scenes: int | None = None  # caption bank: all 448 scene combinations x training templates, or the first N
+    # -- FuseMix adapters (fusion.train.TrainConfig)
+    epochs: int = 40  # passes over the training clips
+    batch_size: int = 512  # pairs per step before mixing
+    lr: float = 1e-3  # peak AdamW learning rate
+    min_lr: float = 1e-6  # learning rate at the end of the cosine decay
+    warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW weight decay on matrices
+    alpha: float = 1.0  # FuseMix mixing: λ ~ Beta(alpha, alpha)
+    dropout: float = 0.2  # dropout inside the towers' blocks
+    num_blocks: int = 2  # residual MLP blocks per tower
+    expansion: int = 4  # block hidden width = expansion x input width
+    shared_dim: int | None = None  # width of S; None: 512 (text width with lock_text)
+    lock_text: bool = False  # text tower = identity (audio lands in the text encoder's space)
+    audio_keep: int | None = 16  # sparse audio tower keeps this many of audio_tokens; None: MLP tower (pooled)
+    text_keep: int | None = 16  # sparse text tower keeps this many of text_tokens; None: MLP tower (pooled)
+    sparse_mode: str = "topk"  # how sparse towers pick tokens: "topk" or "slots"
+    token_blocks: int = 1  # transformer blocks over a sparse tower's kept tokens
+    fusemix_seed: int = 0  # seeds the adapters' init, data order, captions, λ and dropout
+    # -- translator (generator.train_translator.TranslatorConfig)
+    translator_epochs: int = 60  # passes over the bank captions
+    translator_batch_size: int = 256  # captions per step
+    translator_lr: float = 1e-3  # AdamW peak, cosine to lr/100
+    translator_weight_decay: float = 0.01  # AdamW weight decay
+    translator_noise: float = 0.05  # Gaussian noise on the unit S points while training (audio/text gap)
+    translator_blocks: int = 2  # residual blocks of the translator
+    translator_dropout: float = 0.1  # dropout inside them
+    translator_seed: int = 0  # seeds init, order and noise
+    # -- image model (generator.train_image_model.ImageModelConfig)
+    image_base_steps: int = 3000  # steps on captions only
+    image_steps: int = 4200  # total steps: after the base, the rest also conditions through the translator
+    image_batch_size: int = 32  # scenes per step
+    image_lr: float = 5e-4  # AdamW peak learning rate
+    image_warmup_steps: int = 200  # linear warm-up, then cosine to lr/10
+    image_weight_decay: float = 0.01  # AdamW weight decay
+    image_widths: tuple[int, ...] = (32, 64, 96)  # UNet block widths
+    image_cond_dropout: float = 0.1  # share of conditions replaced by the empty prompt (guidance)
+    image_cond_noise: float = 0.1  # noise on the token states it is conditioned on
+    image_ema_decay: float = 0.999  # EMA of weights, saved as the model
+    image_checkpoint_every: int = 250  # steps between the trainer's checkpoints
+    image_translated_fraction: float = 0.5  # share of each fine-tuning batch conditioned through the translator
+    image_translator_noise: float = 0.05  # noise on the caption's S point before translating it
+    image_bf16: bool = True  # bf16 autocast while training the image model
+    image_seed: int = 0  # seeds the image model's init, scenes and noise
+    # -- preset
+    half: bool = True  # store adapters and translator weights in float16 (loaded back as float32)
+    mode: str = "retrieve"  # the preset's default generation mode (generator.presets.MODES)
+    steps: int = 20  # the preset's default denoising steps
+    guidance: float = 3.0  # the preset's default guidance scale
+    kind: str = "demo"  # image model kind (the demo pixel UNet)
+    device: str = field(default="cpu", compare=False)  # where the trainers run; not a setting of the result
+
+    def check(self) -> None:
+        """Settings that cannot work together, named, before anything runs."""
+        if self.extra_world_size is not None and self.extra_world_seed == self.world_seed:
+            raise ValueError(f"extra_world_seed must differ from world_seed ({self.world_seed}): same clips twice")
+        if self.image_steps <= self.image_base_steps:
+            raise ValueError(f"image_steps ({self.image_steps}) must exceed image_base_steps ({self.image_base_steps})")
+        towers = {"audio": (self.audio_tokens, self.audio_keep), "text": (self.text_tokens, self.text_keep)}
+        for modality, (tokens, keep) in towers.items():
+            if (tokens is None) != (keep is None):
+                raise ValueError(f"{modality}_keep needs {modality}_tokens and the other way round")
+            if keep is not None and not 1 <= keep <= tokens:
+                raise ValueError(f"{modality}_keep must be in [1, {modality}_tokens={tokens}], got {keep}")
+
+
+DEFAULT = DemoRecipe()
+# The earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
+LOCKED_TEXT = replace(
+    DEFAULT,
+    name="locked-text",
+    extra_world_size=None,
+    audio_tokens=None,
+    text_tokens=None,
+    audio_keep=None,
+    text_keep=None,
+    lock_text=True,
+    epochs=300,
+    batch_size=1024,
+    dropout=0.3,
+    half=False,
+    mode="translate",
+)
+# Every step at toy size (a few minutes on two CPU cores, mostly model loading): tests the recipe, not for use.
+TINY = replace(
+    DEFAULT,
+    name="tiny",
+    world_size="small",
+    extra_world_size="12",
+    bank_scenes=4,
+    epochs=2,
+    batch_size=16,
+    warmup_steps=2,
+    translator_epochs=2,
+    image_base_steps=3,
+    image_steps=5,
+    image_batch_size=4,
+    image_warmup_steps=1,
+    image_widths=(16, 32),
+    image_checkpoint_every=100,
+)
+RECIPES: dict[str, DemoRecipe] = {r.name: r for r in (DEFAULT, LOCKED_TEXT, TINY)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each step writes under the work folder."""
+
+    work: Path
+
+    @property
+    def world(self) -> Path:
+        return self.work / "world"
+
+    @property
+    def extra_world(self) -> Path:
+        return self.work / "world_extra"
+
+    def latents(self, modality: str, split: str) -> Path:
+        """Cache of ``split`` (train, test, extra_train, train_all, bank) for ``modality``."""
+        return self.work / "latents" / f"{modality}_{split}"
+
+    @property
+    def bank_manifest(self) -> Path:
+        return self.work / "bank.jsonl"
+
+    @property
+    def fusemix(self) -> Path:
+        return self.work / "fusemix"
+
+    @property
+    def adapters(self) -> Path:
+        return self.work / "fusemix" / "checkpoint"
+
+    @property
+    def translator(self) -> Path:
+        return self.work / "translator"
+
+    @property
+    def image_model(self) -> Path:
+        return self.work / "image_model"
+
+
+# ---------------------------------------------------------------- what each trainer is given
+
+
+def train_config(recipe: DemoRecipe, layout: Layout):
+    """The adapters' TrainConfig (its ``train_config.json`` is what ``--check`` compares)."""
+    from fusion.train import TrainConfig
+
+    return TrainConfig(
+        audio_latents=str(layout.latents("audio", "train_all")),
+        text_latents=str(layout.latents("text", "train_all")),
+        out=str(layout.fusemix),
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        min_lr=recipe.min_lr,
+        warmup_steps=recipe.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        alpha=recipe.alpha,
+        dropout=recipe.dropout,
+        num_blocks=recipe.num_blocks,
+        expansion=recipe.expansion,
+        shared_dim=recipe.shared_dim,
+        lock_text=recipe.lock_text,
+        audio_adapter="mlp" if recipe.audio_keep is None else "sparse",
+        keep=recipe.audio_keep,
+        text_adapter="mlp" if recipe.text_keep is None else "sparse",
+        text_keep=recipe.text_keep,
+        sparse_mode=recipe.sparse_mode,
+        token_blocks=recipe.token_blocks,
+        val_fraction=0.0,
+        bf16=False,
+        seed=recipe.fusemix_seed,
+        no_progress=True,
+    )
+
+
+def translator_config(recipe: DemoRecipe, layout: Layout):
+    """The TranslatorConfig (its ``translator_config.json`` is what ``--check`` compares)."""
+    from generator.train_translator import TranslatorConfig
+
+    return TranslatorConfig(
+        adapters=str(layout.adapters),
+        text_latents=str(layout.latents("text", "bank")),
+        out=str(layout.translator),
+        kind=recipe.kind,
+        image_model=None,
+        epochs=recipe.translator_epochs,
+        batch_size=recipe.translator_batch_size,
+        lr=recipe.translator_lr,
+        weight_decay=recipe.translator_weight_decay,
+        noise=recipe.translator_noise,
+        num_blocks=recipe.translator_blocks,
+        dropout=recipe.translator_dropout,
+        seed=recipe.translator_seed,
+        progress=False,
+        device=recipe.device,
+    )
+
+
+def image_model_configs(recipe: DemoRecipe, layout: Layout) -> tuple[Any, Any]:
+    """The image model's two stages: captions only, then continued with the translator's outputs.
+
+    The second stage's ``train_config.json`` is the one the preset keeps (and ``--check`` compares).
+    """
+    from generator.train_image_model import ImageModelConfig
+
+    base = ImageModelConfig(
+        out=str(layout.image_model),
+        steps=recipe.image_base_steps,
+        batch_size=recipe.image_batch_size,
+        lr=recipe.image_lr,
+        warmup_steps=recipe.image_warmup_steps,
+        weight_decay=recipe.image_weight_decay,
+        resolution=recipe.resolution,
+        widths=tuple(recipe.image_widths),
+        cond_dropout=recipe.image_cond_dropout,
+        cond_noise=recipe.image_cond_noise,
+        ema_decay=recipe.image_ema_decay,
+        checkpoint_every=recipe.image_checkpoint_every,
+        seed=recipe.image_seed,
+        translator=None,
+        adapters=None,
+        translated_fraction=recipe.image_translated_fraction,
+        translator_noise=recipe.image_translator_noise,
+        bf16=recipe.image_bf16,
+        progress=False,
+        device=recipe.device,
+    )
+    adapters = None if recipe.lock_text else str(layout.adapters)  # locked text: S is MiniLM's own pooled space
+    tuned = replace(base, steps=recipe.image_steps, translator=str(layout.translator), adapters=adapters)
+    return base, tuned
+
+
+def preset_json(recipe: DemoRecipe) -> dict:
+    """The preset's ``preset.json``: its parts (folders next to it) and default steps, guidance and mode."""
+    return {
+        "kind": recipe.kind,
+        "audio_encoder": recipe.audio_encoder,
+        "text_encoder": recipe.text_encoder,
+        "adapters": "adapters",
+        "translator": "translator",
+        "image_model": "image_model",
+        "caption_bank": "caption_bank",
+        "steps": recipe.steps,
+        "guidance": recipe.guidance,
+        "mode": recipe.mode,
+    }
+
+
+def bank_captions(recipe: DemoRecipe) -> list[tuple[str, list[str]]]:
+    """The caption bank as (scene id, captions): every training-template caption of each scene combination."""
+    from demoworld import scenes
+
+    combos = scenes.all_attribute_combinations()
+    by_combo: dict[int, list[str]] = {}
+    for text, index in scenes.training_captions():
+        by_combo.setdefault(index, []).append(text)
+    items = list(by_combo.items())[: recipe.bank_scenes]
+    return [("{2}_{1}_{0}_on_{3}".format(*combos[index]), caps) for index, caps in items]
+
+
+def training_clips(recipe: DemoRecipe) -> int:
+    """How many training clips the worlds give the adapters (the shipped trainer_state's ``train_clips``)."""
+    from demoworld.build import CAPTIONS_PER_SCENE, scene_counts
+
+    sizes = [recipe.world_size] + ([recipe.extra_world_size] if recipe.extra_world_size is not None else [])
+    return sum(scene_counts(size)["train"] * CAPTIONS_PER_SCENE["train"] for size in sizes)

@@ -1,0 +1,262 @@
+"""Run a ``DemoRecipe`` (``generator.recipe``) step by step and write its preset folder.
+
+A finished step records its settings in ``WORK/steps/NAME.json``; a re-run skips finished steps with the same
+settings and continues unfinished ones (the builds, extraction and the trainers resume), so an interrupted run is
+re-run with the same command. A finished step with other settings stops the run, naming the settings. Every step
+calls the library (``demoworld.build``, ``fusion.extract``, ``fusion.train``, ``generator.train_translator``,
+``generator.train_image_model``) with the configs ``generator.recipe`` gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.cache import atomic_write_json, load_latents
+from fusion.errors import FusemixError
+from generator.recipe import (
+    DemoRecipe,
+    Layout,
+    bank_captions,
+    image_model_configs,
+    preset_json,
+    train_config,
+    translator_config,
+)
+
+logger = logging.getLogger(__name__)
+
+STEPS_DIR = "steps"
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a settings value (paths as strings, tuples as lists), so recorded and current compare."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_step(layout: Layout, name: str, settings: dict, work: Callable[[], Any], outputs: list[Path]) -> bool:
+    """Run ``work`` unless step ``name`` already finished with the same settings; True when it ran."""
+    marker = layout.work / STEPS_DIR / f"{name}.json"
+    settings = _plain(settings)
+    if marker.is_file() and all(p.exists() for p in outputs):
+        done = json.loads(marker.read_text())
+        if done == settings:
+            logger.info("step %s: done already (%s)", name, marker)
+            return False
+        changed = sorted(k for k in set(done) | set(settings) if done.get(k) != settings.get(k))
+        raise FusemixError(
+            f"step {name} in {layout.work} was made with other settings ({', '.join(changed)}); "
+            "use another --work folder or delete that step's output"
+        )
+    logger.info("step %s", name)
+    started = time.perf_counter()
+    work()
+    atomic_write_json(marker, settings)
+    logger.info("step %s done in %.1f s", name, time.perf_counter() - started)
+    return True
+
+
+def make_default(recipe: DemoRecipe, work: str | Path, out: str | Path) -> Path:
+    """Run every step of ``recipe`` in ``work`` and write the preset to ``out``; returns ``out``."""
+    recipe.check()
+    layout = Layout(Path(work))
+    _build_worlds(recipe, layout)
+    _extract_all(recipe, layout)
+    _train_adapters(recipe, layout)
+    _train_translator(recipe, layout)
+    _train_image_model(recipe, layout)
+    return write_preset(recipe, layout, Path(out))
+
+
+def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
+    from demoworld.build import BuildConfig, build
+
+    worlds = [("world", layout.world, recipe.world_size, recipe.world_seed)]
+    if recipe.extra_world_size is not None:
+        worlds.append(("world_extra", layout.extra_world, recipe.extra_world_size, recipe.extra_world_seed))
+    for name, folder, size, seed in worlds:
+        cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False)
+        run_step(layout, name, asdict(cfg), lambda cfg=cfg: build(cfg), [folder / "README.json"])
+
+
+def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
+    """Latents of the training and test splits, the extra training clips, and the caption bank."""
+    from fusion.cache import concat_latents
+
+    jobs = [(layout.world / f"{split}.jsonl", split) for split in ("train", "test")]
+    if recipe.extra_world_size is not None:
+        jobs.append((layout.extra_world / "train.jsonl", "extra_train"))
+    for manifest, split in jobs:
+        _extract(recipe, layout, "audio", manifest, split)
+        _extract(recipe, layout, "text", manifest, split)
+    run_step(
+        layout, "bank", {"bank": bank_captions(recipe)}, lambda: _write_bank(recipe, layout), [layout.bank_manifest]
+    )
+    _extract(recipe, layout, "text", layout.bank_manifest, "bank")
+    for modality in ("audio", "text"):
+        sources = [("", layout.latents(modality, "train"))]
+        if recipe.extra_world_size is not None:
+            sources.append(("extra-", layout.latents(modality, "extra_train")))
+        out = layout.latents(modality, "train_all")
+        settings = {"sources": sources}
+        run_step(layout, f"{modality}_train_all", settings, lambda s=sources, o=out: concat_latents(s, o), [out])
+
+
+def _write_bank(recipe: DemoRecipe, layout: Layout) -> None:
+    lines = [json.dumps({"id": scene_id, "captions": caps}) for scene_id, caps in bank_captions(recipe)]
+    tmp = layout.bank_manifest.with_name(f".{layout.bank_manifest.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(layout.bank_manifest)
+
+
+def _extract(recipe: DemoRecipe, layout: Layout, modality: str, manifest: Path, split: str) -> None:
+    from fusion.extract import ExtractConfig, extract
+
+    encoder = recipe.audio_encoder if modality == "audio" else recipe.text_encoder
+    tokens = recipe.audio_tokens if modality == "audio" else recipe.text_tokens
+    out = layout.latents(modality, split)
+    cfg = ExtractConfig(
+        encoder=encoder, manifest=manifest, out=out, tokens=tokens, device=recipe.device, progress=False
+    )
+    settings = {"encoder": encoder, "manifest": manifest, "tokens": tokens}
+    run_step(layout, f"extract_{modality}_{split}", settings, lambda: extract(cfg), [out])
+
+
+def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
+    """FuseMix adapters (resumed when a checkpoint is there), then their retrieval scores on the test split."""
+    from fusion.adapters import FuseMixAdapters
+    from fusion.evaluate import evaluate, load_pairs
+    from fusion.train import checkpoint_manager, train
+
+    cfg = train_config(recipe, layout)
+
+    def fit() -> None:
+        train(replace(cfg, resume=checkpoint_manager(cfg).latest() is not None))
+
+    run_step(layout, "fusemix", _settings(cfg), fit, [layout.adapters])
+
+    def score() -> None:
+        model = FuseMixAdapters.from_pretrained(layout.adapters).eval()
+        pairs = load_pairs(layout.latents("audio", "test"), layout.latents("text", "test"))
+        metrics = evaluate(model, pairs)
+        atomic_write_json(layout.work / "fusemix_eval.json", metrics)
+        logger.info("test split: text->audio R@1 %.3f", metrics["text_to_audio"]["R@1"])
+
+    run_step(layout, "eval", _settings(cfg), score, [layout.work / "fusemix_eval.json"])
+
+
+def _train_translator(recipe: DemoRecipe, layout: Layout) -> None:
+    from generator.train_translator import checkpoint_manager, train_translator
+
+    cfg = translator_config(recipe, layout)
+
+    def fit() -> None:
+        train_translator(cfg, resume=checkpoint_manager(cfg).latest() is not None)
+
+    run_step(layout, "translator", _settings(cfg), fit, [layout.translator])
+
+
+def _train_image_model(recipe: DemoRecipe, layout: Layout) -> None:
+    """Both stages train into one folder; the second resumes the first's training state with more steps and the
+    translator (a change the image-model trainer allows on resume)."""
+    from generator.train_image_model import checkpoint_manager, train_image_model
+
+    base, tuned = image_model_configs(recipe, layout)
+    states = TokenStates(recipe.device)  # both stages encode the same captions: once is enough
+
+    def fit_base() -> None:
+        train_image_model(base, resume=checkpoint_manager(base).latest() is not None, encoder=states)
+
+    def fit_tuned() -> None:
+        train_image_model(tuned, resume=True, encoder=states)
+
+    if not (layout.work / STEPS_DIR / "image_tuned.json").is_file():  # once tuned, the base state is gone
+        run_step(layout, "image_base", _settings(base), fit_base, [layout.image_model])
+    run_step(layout, "image_tuned", _settings(tuned), fit_tuned, [layout.image_model])
+
+
+class TokenStates:
+    """The image model's caption encoder (MiniLM token states), loaded on first use; remembers what it encoded."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._encoder = None
+        self._done: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        key = tuple(texts)
+        if key not in self._done:
+            if self._encoder is None:
+                from generator.conditioning import MAX_TOKENS, TokenStateEncoder
+
+                self._encoder = TokenStateEncoder(max_tokens=MAX_TOKENS, device=self.device)
+            self._done[key] = self._encoder(texts)
+        return self._done[key]
+
+
+# fields of a trainer's config that say where or how it runs, not what it makes
+RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
+
+
+def _settings(cfg: Any) -> dict:
+    """A trainer config's settings as a step records them (its input folders included: they are under WORK)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RUN_FIELDS}
+
+
+def store_half(folder: Path) -> None:
+    """Rewrite a model folder's safetensors in float16 (loads back into float32 models unchanged, ~1e-4 off)."""
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
+
+
+def copy_model(src: Path, dst: Path, half: bool = False, leave: tuple[str, ...] = ()) -> None:
+    """Copy a trained model folder without its training state (and the ``leave`` patterns), replacing ``dst``."""
+    from fusion.training import fresh_tmp_dir, replace_dir
+
+    tmp = fresh_tmp_dir(dst)
+    shutil.rmtree(tmp)
+    skip = shutil.ignore_patterns("optimizer*", "extra.safetensors", "training_state*", ".*", *leave)
+    shutil.copytree(src, tmp, ignore=skip)
+    if half:
+        store_half(tmp)
+    replace_dir(tmp, dst)
+
+
+def bank_points(adapters: Path, latents: np.ndarray) -> torch.Tensor:
+    """The bank captions' points in S through the preset's own (stored) text tower."""
+    from fusion.adapters import FuseMixAdapters
+
+    model = FuseMixAdapters.from_pretrained(adapters).eval()
+    return model.embed("text", torch.from_numpy(np.asarray(latents, dtype=np.float32)))
+
+
+def write_preset(recipe: DemoRecipe, layout: Layout, out: Path) -> Path:
+    """Copy the trained parts into ``out``, with the caption bank's points in S and preset.json."""
+    from generator.caption_bank import save_caption_bank
+
+    out.mkdir(parents=True, exist_ok=True)
+    copy_model(layout.adapters, out / "adapters", half=recipe.half)
+    # the translator folder is its own checkpoint: the preset keeps the model and translator_config.json
+    copy_model(
+        layout.translator, out / "translator", half=recipe.half, leave=("trainer_state.json", "train_config.json")
+    )
+    copy_model(layout.image_model, out / "image_model")
+    bank = load_latents(layout.latents("text", "bank"))
+    save_caption_bank(out / "caption_bank", list(bank.texts), bank_points(out / "adapters", bank.array))
+    atomic_write_json(out / "preset.json", preset_json(recipe))
+    return out

@@ -1,0 +1,136 @@
+"""The recipe of the embedded default (generator.recipe, recipe_run, recipe_check): steps, check, a tiny run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fusemix.cli import main as fusemix
+from fusion.errors import FusemixError
+from generator.presets import CHECKPOINTS, shipped_path
+from generator.recipe import DEFAULT, RECIPES, TINY, Layout, training_clips
+from generator.recipe_run import run_step
+
+SHIPPED = CHECKPOINTS / "demo"
+
+
+def test_run_step_skips_finished_steps_reruns_lost_ones_and_refuses_other_settings(tmp_path):
+    layout = Layout(tmp_path)
+    out = tmp_path / "made"
+    calls = []
+
+    def work() -> None:
+        calls.append(1)
+        out.write_text("x")
+
+    assert run_step(layout, "s", {"n": 1, "p": Path("a")}, work, [out]) is True
+    assert run_step(layout, "s", {"n": 1, "p": Path("a")}, work, [out]) is False  # same settings: skipped
+    assert len(calls) == 1
+    with pytest.raises(FusemixError, match=r"step s .* other settings \(n\)"):
+        run_step(layout, "s", {"n": 2, "p": Path("a")}, work, [out])
+    out.unlink()  # output gone: the step runs again
+    assert run_step(layout, "s", {"n": 1, "p": Path("a")}, work, [out]) is True and len(calls) == 2
+
+
+def test_recipe_check_names_settings_that_cannot_work():
+    with pytest.raises(ValueError, match="extra_world_seed"):
+        replace(DEFAULT, extra_world_seed=DEFAULT.world_seed).check()
+    with pytest.raises(ValueError, match="image_steps"):
+        replace(DEFAULT, image_steps=DEFAULT.image_base_steps).check()
+    with pytest.raises(ValueError, match="audio_keep"):
+        replace(DEFAULT, audio_keep=64).check()
+    with pytest.raises(ValueError, match="text_keep"):
+        replace(DEFAULT, text_tokens=None).check()
+    for recipe in RECIPES.values():
+        recipe.check()
+
+
+def test_default_recipe_gives_the_shipped_number_of_training_clips():
+    # 1,500 + 3,000 training scenes (two worlds), two spoken captions each: the 9,000 clips the README names
+    assert training_clips(DEFAULT) == 9000
+    assert training_clips(replace(DEFAULT, extra_world_size=None)) == 3000
+
+
+def _copy_shipped(tmp_path: Path) -> Path:
+    folder = tmp_path / "demo"
+    shutil.copytree(SHIPPED, folder)
+    return folder
+
+
+def _edit(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_check_prints_each_difference_on_one_line_and_exits_1(tmp_path, capsys):
+    folder = _copy_shipped(tmp_path)
+    _edit(folder / "adapters/train_config.json", epochs=39, out="/elsewhere", audio_latents="/else/where")
+    _edit(folder / "translator/translator_config.json", noise=0.1, relative_mse=0.5)  # a result: not compared
+    _edit(folder / "image_model/train_config.json", steps=6000, translator=None)
+    _edit(folder / "adapters/config.json", text_keep=8)
+    _edit(folder / "preset.json", guidance=4.0)
+    assert fusemix(["demo", "make-default", "--check", str(folder)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = [
+        "adapters/train_config.json: epochs: preset 39, recipe 40",
+        "translator/translator_config.json: noise:",
+        "image_model/train_config.json: steps: preset 6000, recipe 4200",
+        "image_model/train_config.json: translator: preset None, recipe 'given'",
+        "adapters/config.json: text_keep: preset 8, recipe 16",
+        "preset.json: guidance: preset 4.0, recipe 3.0",
+    ]
+    for start in expected:
+        assert sum(line.startswith(start) for line in lines) == 1, (start, lines)
+    assert not any("out:" in line or "audio_latents" in line or "relative_mse" in line for line in lines)
+    assert lines[-1].endswith("6 difference(s) from the default recipe")
+
+
+def test_check_reports_a_recorded_key_the_trainer_does_not_know(tmp_path, capsys):
+    folder = _copy_shipped(tmp_path)
+    _edit(folder / "adapters/train_config.json", warp_factor=9)
+    assert fusemix(["demo", "make-default", "--check", str(folder)]) == 1
+    assert (
+        "adapters/train_config.json: warp_factor: preset 9, unknown to the current trainer" in capsys.readouterr().out
+    )
+
+
+def test_check_and_recipe_flags_fail_in_one_line(tmp_path, capsys):
+    assert fusemix(["demo", "make-default", "--check", str(tmp_path)]) == 1
+    assert "no preset at" in capsys.readouterr().err
+    assert fusemix(["demo", "make-default", "--tiny", "--recipe", "locked-text", "--check"]) == 1
+    assert "--tiny and --recipe locked-text disagree" in capsys.readouterr().err
+    assert fusemix(["demo", "make-default", "--recipe", "nope", "--check"]) == 1
+    assert "--recipe must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
+    """`make-default --tiny` runs every step, writes a preset the check accepts and the pipeline loads."""
+    import numpy as np
+
+    from generator.audio_to_image import AudioToImagePipeline
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (scripts/system-deps.sh installs it)")
+    monkeypatch.chdir(tmp_path)
+    assert fusemix(["demo", "make-default", "--tiny", "--out", "tmp", "--work", "work"]) == 0
+    out = tmp_path / "tmp"
+    assert {p.name for p in out.iterdir()} == {"adapters", "translator", "image_model", "caption_bank", "preset.json"}
+    assert fusemix(["demo", "make-default", "--tiny", "--check", str(out)]) == 0
+    assert fusemix(["demo", "make-default", "--check", str(out)]) == 1  # the tiny preset is not the default
+
+    markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "steps").glob("*.json")}
+    assert len(markers) >= 15
+    assert fusemix(["demo", "make-default", "--tiny", "--out", "tmp", "--work", "work"]) == 0  # all steps skipped
+    assert markers == {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "steps").glob("*.json")}
+
+    pipe = AudioToImagePipeline.from_preset(str(out))
+    clip = sorted(shipped_path("examples").glob("*.ogg"))[0]
+    result = pipe([str(clip)], num_inference_steps=2, seed=0)
+    image = np.asarray(result.images[0][0])
+    assert image.shape == (TINY.resolution, TINY.resolution, 3) and image.std() > 0
