@@ -35,7 +35,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fusion.audio import load_audio
-from fusion.cache import MANIFEST, PROGRESS_GLOB, atomic_save_npy, atomic_write_json, progress_name, shard_name
+from fusion.cache import (
+    MANIFEST,
+    PROGRESS_GLOB,
+    atomic_save_npy,
+    atomic_write_json,
+    progress_name,
+    remove_progress,
+    remove_stale_temps,
+    shard_name,
+)
+from fusion.crash import maybe_crash
 from fusion.errors import AudioError, FusemixError, InputError
 from fusion.manifests import read_manifest
 
@@ -133,6 +143,7 @@ def extract(config: ExtractConfig) -> Path:
         expected = _fingerprint(config, finished.get("modality", ""), _items(clips, finished.get("modality", "")))
         _check_same_run(out, finished.get("fingerprint"), expected, "finished")
         log.info("%s already holds this extraction (%d items); nothing to do", out, finished["count"])
+        remove_progress(out)  # left by a run killed right after writing the manifest
         return out
     parts = _read_parts(out)
     _check_unfinished(out, config, clips, parts)
@@ -417,6 +428,7 @@ def _encode_part(
             array, failures = _encode_shard(encoder, modality, plan[index], config, pool, bar)
             if len(array):
                 atomic_save_npy(out / shard_name(index), array)
+            maybe_crash("extract.shard")  # the shard is on disk, not yet recorded
             own["shards"][str(index)] = {"file": shard_name(index), "count": len(array), "failures": failures}
             atomic_write_json(out / part.progress_file, own)  # after the shard file: a recorded shard is on disk
 
@@ -532,7 +544,9 @@ def _finalize(out: Path, parts: dict[str, dict], items: list[Item], source: Path
     if meta is None:
         raise FusemixError(f"{out}: progress written by an older fusemix; re-run fusemix extract there to finish it")
     plan = [items[i : i + fingerprint["shard_size"]] for i in range(0, len(items), fingerprint["shard_size"])]
+    remove_stale_temps(out, (MANIFEST, FAILURES))  # half-written by a killed run; the finalizing part writes these
     _write_manifest(out, parts[min(parts)], meta, plan, records, source)
+    maybe_crash("extract.finalize")  # the manifest is in, the progress files not yet removed
     for name in parts:
         (out / name).unlink(missing_ok=True)
     return True

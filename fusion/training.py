@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusion.crash import maybe_crash
 from fusion.errors import CheckpointError, InputError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
+    maybe_crash("checkpoint.swap")  # the old checkpoint is aside, the new one not yet in place
     os.replace(tmp, final)
+    maybe_crash("checkpoint.swapped")  # the new checkpoint is in, the old one not yet removed
     if old.exists():
         shutil.rmtree(old)
 
@@ -219,6 +222,9 @@ class CheckpointManager:
         would overwrite something, and is refused.
         """
         found = self.latest()
+        old = self.folder.with_name(f".{self.folder.name}.old")
+        if found == self.folder and old.is_dir():
+            shutil.rmtree(old)  # left by a run killed right after swapping in its last checkpoint
         taken = [p for p in outputs if Path(p).exists()]
         if found is None and self.folder.is_dir() and any(self.folder.iterdir()):
             taken.insert(0, self.folder)
@@ -273,6 +279,7 @@ class CheckpointManager:
         # plain writes: the folder as a whole is swapped in only once every file is complete
         for name, obj in {**(files or {}), STATE_FILE: full, CONFIG_FILE: self.config}.items():
             (tmp / name).write_text(json.dumps(obj, indent=1))
+        maybe_crash("checkpoint.write")
         replace_dir(tmp, self.folder)
         return self.folder
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
+from fusion.crash import maybe_crash
 from fusion.errors import FusemixError
 from fusion.training import (
     Checkpoint,
@@ -169,6 +170,7 @@ def _run_epoch(cfg: TranslatorConfig, model: Translator, opt, schedule: WarmupCo
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        maybe_crash("translator.step")
         total += loss.item() * len(idx)
     return total / len(data.texts)
 
