@@ -10,7 +10,8 @@ latents, with the same batch (10,240 pairs per step, mixed into 5,120 by FuseMix
   without and with ``--bf16``.
 
 Variants run interleaved (A, B, C, A, B, C, ...) so the load of a shared machine hits them alike; the table gives the
-mean over repeats and ratios to the per-item loop. A quality check then trains the per-item loop and ours for the same
+median over repeats and paired ratios to the per-item loop (median of each round's ratio), with every run's R@1 on
+held-out clips. A quality check then trains the per-item loop and ours for the same
 epochs on a train split of the same synthetic world and reports text->audio / audio->text R@1 on a held-out split.
 
     .venv/bin/python bench/train.py                      # 50k pairs 384/384, then 10,240 pairs at 1536/1024
@@ -65,10 +66,12 @@ class BenchConfig:
     blocks: int = 4  # residual blocks per tower
     expansion: int = 4
     dropout: float = 0.6
-    repeats: int = 2  # interleaved rounds of every variant
+    repeats: int = 3  # interleaved rounds of every variant (the table gives medians)
     variants: tuple[str, ...] = VARIANTS
     workers: int = 0  # DataLoader workers of the per-item loop
-    quality_pairs: int = 16384  # training clips of the quality check (0: skip it)
+    epochs: int = 2  # epochs of every timed run
+    test_clips: int = 1000  # held-out clips scoring every timed run (R@1)
+    quality_pairs: int = 0  # training clips of the separate, longer quality check (0: skip it)
     quality_test: int = 1000  # held-out clips of the quality check
     quality_batch: int = 2048
     quality_epochs: int = 4
@@ -221,62 +224,85 @@ def step_flops(dims: tuple[int, int], cfg: BenchConfig, batch: int, shared: int 
 # ---------------------------------------------------------------- runs
 
 
+def held_out(audio: np.ndarray, text: np.ndarray) -> EvalPairs:
+    """Clips never trained on, one caption each, for the R@1 of every timed run."""
+    m = len(audio)
+    return EvalPairs(
+        audio=torch.from_numpy(audio),
+        text=torch.from_numpy(text),
+        caption_clip=torch.arange(m),
+        pairing=Pairing(np.arange(m), np.arange(m), np.arange(m), np.arange(m), np.ones(m, dtype=np.int64)),
+    )
+
+
+def run_variant(v: str, r: int, dims, pairs, cfg: BenchConfig, root: Path, batch: int, test: EvalPairs) -> dict:
+    """One timed run of variant ``v`` (the whole call: reading the data, all epochs; ours writes its checkpoint)."""
+    audio_dir, text_dir = root / "audio", root / "text"
+    with track_peak() as mem:
+        if v == "per-item":
+
+            def run():
+                data = torch.load(root / "pairs.pt", weights_only=True)  # the official feeding: one file, in RAM
+                return per_item_train(data["audio"], data["text"], cfg, cfg.epochs, batch, warmup=100)
+
+            wall, cpu, (model, secs) = measure(run)
+        else:
+            out = root / f"run-{v}-{r}"
+            wall, cpu, (ckpt, secs) = measure(
+                lambda: ours_train(audio_dir, text_dir, out, cfg, v == "ours-bf16", cfg.epochs, batch, warmup=100)
+            )
+            model = FuseMixAdapters.from_pretrained(ckpt)
+    r1 = evaluate(model, test)["text_to_audio"]["R@1"]
+    return {"wall": wall, "cpu": cpu, "loop": secs, "peak": mem.bytes, "r1": r1}
+
+
 def time_setting(dims: tuple[int, int], pairs: int, cfg: BenchConfig, peak, root: Path) -> list[list[object]]:
-    """Interleaved epochs of every variant at one (dims, pairs) setting; table rows."""
-    audio_np, text_np = synthetic_world(pairs, dims, cfg.seed)
-    audio_dir, text_dir = write_caches(root / f"{dims[0]}x{dims[1]}-{pairs}", audio_np, text_np)
+    """Interleaved runs of every variant at one (dims, pairs) setting (A, B, A, B, ...); table rows of medians."""
+    audio_np, text_np = synthetic_world(pairs + cfg.test_clips, dims, cfg.seed)
+    root = root / f"{dims[0]}x{dims[1]}-{pairs}"
+    write_caches(root, audio_np[:pairs], text_np[:pairs])
+    torch.save(
+        {"audio": torch.from_numpy(audio_np[:pairs]), "text": torch.from_numpy(text_np[:pairs])}, root / "pairs.pt"
+    )
+    test = held_out(audio_np[pairs:], text_np[pairs:])
     batch = min(cfg.batch, pairs)
-    steps = pairs // batch
-    seconds: dict[str, list[float]] = {v: [] for v in cfg.variants}
-    cpus: dict[str, list[float]] = {v: [] for v in cfg.variants}
-    peaks: dict[str, list[int]] = {v: [] for v in cfg.variants}
+    steps = pairs // batch * cfg.epochs
+    runs: dict[str, list[dict]] = {v: [] for v in cfg.variants}
     for r in range(cfg.repeats):
         for v in cfg.variants:
-            with track_peak() as mem:
-                if v == "per-item":
-                    from fusion.cache import load_latents
-
-                    def run() -> float:
-                        a = torch.from_numpy(np.asarray(load_latents(audio_dir).array))
-                        t = torch.from_numpy(np.asarray(load_latents(text_dir).array))
-                        return per_item_train(a, t, cfg, 1, batch, warmup=100)[1]
-
-                    _, cpu, secs = measure(run)
-                else:
-                    out = root / f"run-{v}-{dims[0]}-{pairs}-{r}"
-                    _, cpu, (_, secs) = measure(
-                        lambda out=out, v=v: ours_train(
-                            audio_dir, text_dir, out, cfg, v == "ours-bf16", 1, batch, warmup=100
-                        )
-                    )
-            seconds[v].append(secs)
-            cpus[v].append(cpu)
-            peaks[v].append(mem.bytes)
+            m = run_variant(v, r, dims, pairs, cfg, root, batch, test)
+            runs[v].append(m)
             print(
-                f"  {dims[0]}/{dims[1]} round {r + 1} {v}: {secs:.2f} s loop, {cpu:.2f} CPU s "
-                f"(load avg {load_average()})",
+                f"  {dims[0]}/{dims[1]} round {r + 1} {v}: {m['wall']:.2f} s wall, {m['cpu']:.2f} CPU s, "
+                f"t->a R@1 {100 * m['r1']:.1f} % (load avg {load_average()})",
                 flush=True,
             )
     flops = step_flops(dims, cfg, batch) * steps
-    base = "per-item" in seconds
+    base = runs.get("per-item")
     rows = []
     for v in cfg.variants:
-        s, c = statistics.mean(seconds[v]), statistics.mean(cpus[v])
-        gflops = flops / c / 1e9  # per CPU-second: with one thread, what one idle core sustains
+        med = {k: statistics.median(m[k] for m in runs[v]) for k in ("wall", "cpu", "loop", "r1")}
+        gflops = flops / med["cpu"] / 1e9  # per CPU-second: with one thread, what one idle core sustains
         dtype_peak = peak.bf16 if v.endswith("bf16") else peak.fp32
+
+        def paired(key: str, mine: list[dict] = runs[v]) -> str:  # median over rounds of each round's ratio
+            if not base:
+                return "-"
+            return f"{statistics.median(b[key] / m[key] for b, m in zip(base, mine, strict=True)):.2f}x"
+
         rows.append(
             [
                 f"{dims[0]}/{dims[1]}",
                 v,
-                steps * batch,
-                f"{s:.2f}",
-                f"{c:.2f}",
-                f"{steps * batch / c:,.0f}",
-                mib(max(peaks[v])),
+                f"{med['wall']:.1f}",
+                f"{med['cpu']:.1f}",
+                f"{med['loop']:.1f}",
+                mib(max(m["peak"] for m in runs[v])),
                 f"{gflops:.0f}",
                 f"{100 * gflops / dtype_peak:.0f} %",
-                f"{statistics.mean(cpus['per-item']) / c:.2f}x" if base else "-",
-                f"{statistics.mean(seconds['per-item']) / s:.2f}x" if base else "-",
+                f"{100 * med['r1']:.1f}",
+                paired("cpu"),
+                paired("wall"),
             ]
         )
     return rows
@@ -330,16 +356,17 @@ def parse_dims(text: str) -> list[tuple[int, int]]:
 
 def build_config(argv: list[str] | None) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dims", default="384x384,1536x1024", help="audio x text latent dims, comma-separated settings")
-    p.add_argument("--pairs", default="50000,10240", help="pairs per setting (one number for all, or one each)")
+    p.add_argument("--dims", default="384x384", help="audio x text latent dims, comma-separated settings")
+    p.add_argument("--pairs", default="51200", help="pairs per setting (one number for all, or one each)")
     p.add_argument("--batch", type=int, default=10240, help="pairs per step before mixing")
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--expansion", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.6)
-    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every variant")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every variant")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of every timed run")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {VARIANTS}")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the per-item loop")
-    p.add_argument("--quality-pairs", type=int, default=16384, help="training clips of the R@1 check; 0 skips it")
+    p.add_argument("--quality-pairs", type=int, default=0, help="training clips of the R@1 check; 0 skips it")
     p.add_argument("--quality-epochs", type=int, default=4)
     p.add_argument("--quality-batch", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = the work, see docstring)")
@@ -365,6 +392,7 @@ def build_config(argv: list[str] | None) -> BenchConfig:
         expansion=a.expansion,
         dropout=a.dropout,
         repeats=a.repeats,
+        epochs=a.epochs,
         variants=variants,
         workers=a.workers,
         quality_pairs=a.quality_pairs,
@@ -374,9 +402,10 @@ def build_config(argv: list[str] | None) -> BenchConfig:
     )
     if a.quick:
         cfg.dims, cfg.pairs, cfg.batch, cfg.blocks, cfg.repeats = [(64, 48)], [1024], 256, 1, 1
+        cfg.epochs, cfg.test_clips = 1, 128
         cfg.quality_pairs, cfg.quality_test, cfg.quality_batch, cfg.quality_epochs = 512, 128, 128, 1
         cfg.quality_dims, cfg.matmul_size = (64, 48), 256
-    for name in ("batch", "repeats", "blocks", "expansion"):
+    for name in ("batch", "repeats", "blocks", "expansion", "epochs"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     return cfg
@@ -400,19 +429,20 @@ def main(argv: list[str] | None = None) -> int:
             f"% peak uses 'before'"
         )
         print(
-            f"one epoch, batch {cfg.batch} pairs ({cfg.batch // 2} after mixing), {cfg.blocks} blocks per tower, "
-            f"expansion {cfg.expansion}, dropout {cfg.dropout}, mean of {cfg.repeats} interleaved rounds\n"
+            f"{cfg.epochs} epochs, batch {cfg.batch} pairs ({cfg.batch // 2} after mixing), {cfg.blocks} blocks per "
+            f"tower, expansion {cfg.expansion}, dropout {cfg.dropout}; whole call (load + train); median of "
+            f"{cfg.repeats} interleaved rounds, ratios paired within a round; R@1 on {cfg.test_clips} held-out clips\n"
         )
         headers = [
             "dims a/t",
             "variant",
-            "pairs",
-            "loop wall s",
+            "wall s",
             "CPU s",
-            "pairs/CPU-s",
+            "loop wall s",
             "peak MiB",
             "GFLOP/CPU-s",
             "% peak",
+            "t->a R@1 %",
             "vs per-item (CPU)",
             "vs per-item (wall)",
         ]

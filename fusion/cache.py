@@ -8,12 +8,14 @@ Layout of a cache folder::
     progress.json          # during extraction only: shards finished so far (for resume); one file per part,
                            # progress-partIIIII-of-NNNNN.json, when several processes or machines share the work
 
-Training reads whole arrays (``load_latents``) and indexes batches at once.
+Training opens the shards memory-mapped (``open_latents``) and gathers each batch by index (``LatentRows.take``),
+so a cache larger than RAM trains in bounded memory; small jobs read whole arrays (``load_latents``).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fusion.crash import maybe_crash
 from fusion.errors import CheckpointError, FusemixError
 
 MANIFEST = "manifest.json"
@@ -39,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        maybe_crash("atomic.replace")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +61,23 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def remove_stale_temps(folder: Path, names: tuple[str, ...] = (), recursive: bool = False) -> int:
+    """Delete the temp files (``.NAME.XXXXXXXX.tmp``) that ``atomic_write_bytes`` leaves when its process is killed
+    mid-write: of the files ``names``, or of any file if none are given. Only where no other process writes now."""
+    patterns = [f".{name}.*.tmp" for name in names] or [".*.tmp"]
+    found = [p for pattern in patterns for p in (Path(folder).rglob if recursive else Path(folder).glob)(pattern)]
+    for path in found:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
+def remove_progress(folder: Path) -> None:
+    """Delete the progress files of a finished extraction (a run killed right after writing its manifest leaves them)."""
+    for path in Path(folder).glob(PROGRESS_GLOB):
+        path.unlink(missing_ok=True)
+
+
 def shard_name(index: int) -> str:
     """File of shard ``index``, i.e. of items ``[index * shard_size, (index + 1) * shard_size)``: the name follows
     from the item range alone, so processes sharing one folder never pick the same name for different items."""
@@ -72,7 +93,7 @@ def progress_name(part: int = 0, parts: int = 1) -> str:
 class Latents:
     """A loaded cache: ``array[i]`` is the latent of item ``ids[i]``, which belongs to clip ``clip_ids[i]``."""
 
-    array: np.ndarray  # (n, dim) or (n, tokens, dim)
+    array: np.ndarray | LatentRows  # (n, dim) or (n, tokens, dim); LatentRows from open_latents
     ids: list[str]
     clip_ids: list[str]
     meta: dict = field(default_factory=dict)  # the rest of manifest.json (encoder, modality, dim, ...)
@@ -111,18 +132,21 @@ def write_latents(
     return out
 
 
-def load_latents(folder: Path, mmap: bool = False) -> Latents:
-    """Read a cache written by ``fusemix extract`` or ``write_latents``; fails with one clear line if incomplete."""
-    folder = Path(folder)
+def _read_manifest(folder: Path) -> dict:
+    """The parsed ``manifest.json`` of a cache; one clear line if the cache is unfinished or torn."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         unfinished = any(folder.glob(PROGRESS_GLOB))
         hint = " (extraction unfinished: re-run fusemix extract to resume)" if unfinished else ""
         raise FusemixError(f"no latent cache at {folder}: {MANIFEST} missing{hint}")
     try:
-        meta = json.loads(manifest_path.read_text())
+        return json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"latent cache {manifest_path}: not valid JSON (truncated?): {err}") from None
+
+
+def _open_shards(folder: Path, meta: dict, mmap: bool) -> list[np.ndarray]:
+    """Every shard of the cache, read whole or memory-mapped (``mmap``), each checked against the manifest."""
     parts = []
     for shard in meta["shards"]:
         path = folder / shard["file"]
@@ -136,14 +160,89 @@ def load_latents(folder: Path, mmap: bool = False) -> Latents:
             raise CheckpointError(
                 f"latent cache {folder}: {shard['file']} holds {len(part)} rows, manifest says {shard['count']}"
             )
+        if parts and part.shape[1:] != parts[0].shape[1:]:
+            raise CheckpointError(f"latent cache {folder}: {shard['file']} rows have shape {part.shape[1:]}")
         parts.append(part)
-    array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return parts
+
+
+def _latents(folder: Path, meta: dict, array) -> Latents:
     ids, clip_ids, texts = meta.pop("ids"), meta.pop("clip_ids"), meta.pop("texts", None)
     if len(ids) != len(array):
         raise CheckpointError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
     if meta.get("dim") is not None and int(meta["dim"]) != array.shape[-1]:
         raise CheckpointError(f"latent cache {folder}: shards hold dim {array.shape[-1]}, {MANIFEST} says {meta['dim']}")
     return Latents(array=array, ids=ids, clip_ids=clip_ids, meta=meta, texts=texts)
+
+
+def load_latents(folder: Path, mmap: bool = False) -> Latents:
+    """Read a cache written by ``fusemix extract`` or ``write_latents``; fails with one clear line if incomplete.
+
+    ``mmap`` maps a one-shard cache without reading it; several shards are joined in memory (for a cache larger
+    than RAM use ``open_latents``, which never joins them).
+    """
+    folder = Path(folder)
+    meta = _read_manifest(folder)
+    parts = _open_shards(folder, meta, mmap)
+    array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return _latents(folder, meta, array)
+
+
+def open_latents(folder: Path, mmap: bool = True) -> Latents:
+    """A cache whose ``array`` is a ``LatentRows``: shards stay on disk (memory-mapped), rows are read per batch.
+
+    The trainer's way in: memory holds the ids and one batch, not the cache, however large it grows.
+    ``mmap=False`` reads the shards into memory instead (same interface, same values).
+    """
+    folder = Path(folder)
+    meta = _read_manifest(folder)
+    return _latents(folder, meta, LatentRows(_open_shards(folder, meta, mmap)))
+
+
+class LatentRows:
+    """The rows of a cache's shards as one indexable sequence, without joining them: ``take(rows)`` gathers a batch.
+
+    Rows are read in sorted order (shard by shard, ascending: sequential pages) and put back in the order asked,
+    so the batch equals ``concatenate(shards)[rows]``. ``release()`` drops the mapped pages from the process (they
+    stay in the OS page cache): touched pages of a memory map otherwise count in the resident set until unmapped,
+    and an epoch touches them all.
+    """
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        if not shards:
+            raise ValueError("LatentRows needs at least one shard")
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(s) for s in shards])
+        self.shape = (int(self.offsets[-1]), *shards[0].shape[1:])
+        self.dtype = shards[0].dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """``concatenate(shards)[rows]`` as a new ``dtype`` array, reading each shard's rows in ascending order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=dtype)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows must be in [0, {len(self)}), got {rows.min()}..{rows.max()}")
+        order = np.argsort(rows, kind="stable")
+        ascending = rows[order]
+        bounds = np.searchsorted(ascending, self.offsets)
+        for shard, offset, lo, hi in zip(self.shards, self.offsets, bounds[:-1], bounds[1:], strict=False):
+            if hi > lo:
+                out[order[lo:hi]] = shard[ascending[lo:hi] - offset]
+        return out
+
+    def release(self) -> None:
+        """Unmap the pages read so far from this process (no-op for shards held in memory)."""
+        for shard in self.shards:
+            mapping = getattr(shard, "_mmap", None)
+            if mapping is not None and hasattr(mapping, "madvise"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def concat_latents(sources: list[tuple[str, Path]], out: Path) -> Path:

@@ -31,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from fusion.adapters import FuseMixAdapters, TowerConfig, TowerConfigError, check_towers, tower_configs
-from fusion.cache import load_latents
+from fusion.cache import LatentRows, open_latents
+from fusion.crash import maybe_crash
 from fusion.errors import FusemixError, InputError, MissingFileError
 from fusion.evaluate import EvalPairs, evaluate
+from fusion.hard_negatives import HardNegatives, encode_with_negatives, fusemix_mix_with_negatives, load_hard_negatives
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 from fusion.pairs import Pairing, pair_by_clip
@@ -56,6 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE", "OPTIMIZER_FILE", "STATE_FILE", "TrainConfig", "find_checkpoint", "lr_factor", "train"]
 
 CHECKPOINT = "checkpoint"
+LOG_EVERY = 50  # steps between progress-bar loss updates (each reads the loss back from the device)
 # fields that may change between a run and its resumption
 RESUMABLE_CHANGES = {"resume", "no_progress", "out", "audio_latents", "text_latents"}
 
@@ -78,6 +81,10 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warm-up steps
     weight_decay: float = 0.1  # AdamW weight decay on matrices (not on biases, LayerNorm, temperature)
     alpha: float = 1.0  # FuseMix: λ ~ Beta(alpha, alpha)
+    # cache of the captions' swapped versions (`fusemix hard-negatives` + `fusemix extract`, ids <caption id>#swapK):
+    # extra negatives in each audio's audio->text softmax (NegCLIP); None: none
+    hard_negatives: str | None = None
+    hard_negative_limit: int = 2  # hard negatives per caption, at most (its first swaps)
     dropout: float = 0.3  # dropout inside the MLP blocks (paper 0.6 at 40k batch and millions of pairs)
     num_blocks: int = 2  # residual MLP blocks per tower (paper 4)
     expansion: int = 4  # hidden width of a block = expansion x input dim
@@ -108,6 +115,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.batch_size < 2:
             raise InputError(f"--batch-size must be >= 2 (halves are mixed), got {self.batch_size}")
+        if self.hard_negative_limit < 1:
+            raise InputError(f"--hard-negative-limit must be >= 1, got {self.hard_negative_limit}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.min_lr < 0 or self.num_blocks < 0:
             raise InputError("--warmup-steps, --weight-decay, --min-lr and --num-blocks must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -149,32 +158,50 @@ def find_checkpoint(path: str | Path) -> Path:
 
 @dataclass
 class TrainData:
-    """Training tensors in memory; batches are gathered with index tensors."""
+    """The caches' rows, left on disk (memory-mapped shards), and the pairing; each step gathers its batch by index.
 
-    audio: torch.Tensor  # (num_clips, ...) one row per training clip
-    text: torch.Tensor  # (num_captions_total, dim) the whole caption cache
+    Memory holds the index arrays and one batch, not the caches: a cache larger than RAM trains in bounded memory.
+    The held-out pairs (``val``) are gathered once into memory.
+    """
+
+    audio: LatentRows  # the whole audio cache; training clip c is row pairing.audio_rows[c]
+    text: LatentRows  # the whole caption cache
     pairing: Pairing  # captions grouped by training clip
     val: EvalPairs | None
+    hard: HardNegatives | None = None  # the captions' hard negatives (--hard-negatives)
+
+    def batch(self, clips: np.ndarray, captions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 audio rows of ``clips`` (training clip indices) and text rows ``captions``, in the order given."""
+        audio = torch.from_numpy(self.audio.take(self.pairing.audio_rows[clips]))
+        return audio, torch.from_numpy(self.text.take(captions))
+
+    def release(self) -> None:
+        """Drop the pages read so far from the resident set (see ``LatentRows.release``)."""
+        self.audio.release()
+        self.text.release()
+        if self.hard is not None:
+            self.hard.release()
 
 
-def load_train_data(cfg: TrainConfig) -> TrainData:
-    """Read both caches, pair them by clip id, and hold out ``val_fraction`` of clips (seeded)."""
-    audio = load_latents(Path(cfg.audio_latents))
-    text = load_latents(Path(cfg.text_latents))
+def load_train_data(cfg: TrainConfig, mmap: bool = True) -> TrainData:
+    """Open both caches (memory-mapped unless ``mmap`` is False), pair them by clip id, hold out ``val_fraction``."""
+    audio = open_latents(Path(cfg.audio_latents), mmap=mmap)
+    text = open_latents(Path(cfg.text_latents), mmap=mmap)
     pairing = pair_by_clip(audio, text, audio_name=cfg.audio_latents, text_name=cfg.text_latents)
-    audio_all = torch.from_numpy(np.asarray(audio.array, dtype=np.float32))
-    text_all = torch.from_numpy(np.asarray(text.array, dtype=np.float32))
     clips = np.arange(pairing.num_clips)
     val = None
     num_val = int(round(cfg.val_fraction * pairing.num_clips))
     if num_val > 0:
         order = numpy_generator(cfg.seed, "val-split").permutation(pairing.num_clips)
         val_clips, clips = np.sort(order[:num_val]), np.sort(order[num_val:])
-        val = _subset_eval_pairs(audio_all, text_all, pairing, val_clips)
+        val = _subset_eval_pairs(audio.array, text.array, pairing, val_clips)
     if len(clips) < 2:
         raise FusemixError(f"need at least 2 training clips, got {len(clips)} (check the caches or --val-fraction)")
     train_pairing = _subset_pairing(pairing, clips)
-    return TrainData(audio=audio_all[train_pairing.audio_rows], text=text_all, pairing=train_pairing, val=val)
+    hard = None
+    if cfg.hard_negatives is not None:
+        hard = load_hard_negatives(cfg.hard_negatives, text, cfg.hard_negative_limit, train_pairing.caption_rows, mmap)
+    return TrainData(audio=audio.array, text=text.array, pairing=train_pairing, val=val, hard=hard)
 
 
 def _subset_pairing(pairing: Pairing, clips: np.ndarray) -> Pairing:
@@ -191,11 +218,11 @@ def _subset_pairing(pairing: Pairing, clips: np.ndarray) -> Pairing:
     )
 
 
-def _subset_eval_pairs(audio: torch.Tensor, text: torch.Tensor, pairing: Pairing, clips: np.ndarray) -> EvalPairs:
+def _subset_eval_pairs(audio: LatentRows, text: LatentRows, pairing: Pairing, clips: np.ndarray) -> EvalPairs:
     sub = _subset_pairing(pairing, clips)
     return EvalPairs(
-        audio=audio[sub.audio_rows],
-        text=text[sub.caption_rows],
+        audio=torch.from_numpy(audio.take(sub.audio_rows)),
+        text=torch.from_numpy(text.take(sub.caption_rows)),
         caption_clip=torch.from_numpy(sub.caption_clip.astype(np.int64)),
         pairing=sub,
     )
@@ -216,7 +243,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
-def _check_shape(modality: str, kind: str, keep: int | None, latents: torch.Tensor, source: str) -> int | None:
+def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """Fused AdamW (one kernel over all parameters: ~3x faster steps than foreach on CPU), foreach where unsupported."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch or a device without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def _check_shape(modality: str, kind: str, keep: int | None, latents: LatentRows, source: str) -> int | None:
     """K for a sparse tower (from the cache), None for mlp; a cache of the wrong kind is a clear error."""
     keep_flag = "--keep" if modality == "audio" else "--text-keep"
     if kind == "sparse":
@@ -326,7 +361,7 @@ def _prepare_run(cfg: TrainConfig, accelerator, data: TrainData, manager, resume
         raise FusemixError(f"{num_clips} training clips over {world} processes leave fewer than 2 pairs each")
     steps_per_epoch = max(1, num_clips // batch)
     model = _build_model(cfg, data, resumed)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = _adamw(_param_groups(model, cfg.weight_decay), cfg.lr)
     if resumed is not None:
         restore_optimizer(optimizer, resumed)
     state = resumed.state if resumed is not None else {"epoch": 0, "step": 0, "history": []}
@@ -378,39 +413,43 @@ def _run_epoch(run: _Run, epoch: int, bar) -> dict:
     cfg, rank, num_clips = run.cfg, run.accelerator.process_index, run.data.pairing.num_clips
     gen = torch_generator(cfg.seed, "epoch", epoch)  # the same on every process
     reseed_global(cfg.seed, "dropout", epoch, rank)
-    perm = torch.randperm(num_clips, generator=gen)
+    perm = torch.randperm(num_clips, generator=gen).numpy()
     u = torch.rand(num_clips, generator=gen, dtype=torch.float64).numpy()
-    caption_rows = torch.from_numpy(run.data.pairing.sample_captions(u=u))
+    caption_rows = run.data.pairing.sample_captions(u=u)
     run.model.train()
-    started, losses = time.perf_counter(), []
-    for i in range(run.state["steps_per_epoch"]):
+    steps = run.state["steps_per_epoch"]
+    started, loss_sum = time.perf_counter(), torch.zeros((), device=run.accelerator.device)
+    for i in range(steps):
         idx = perm[i * run.batch + rank * run.local : i * run.batch + (rank + 1) * run.local]
         loss = _train_step(run, idx, caption_rows[idx], gen)
-        losses.append(loss.detach())
+        maybe_crash("train.step")
+        loss_sum += loss.detach()  # summed on the device: no host sync per step
         bar.update(1)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+        if (i + 1) % LOG_EVERY == 0 or i + 1 == steps:  # one host sync per LOG_EVERY steps, for the bar
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
     return {
         "epoch": epoch + 1,
         "step": run.state["step"],
-        "loss": float(run.accelerator.reduce(torch.stack(losses).mean(), reduction="mean")),
+        "loss": float(run.accelerator.reduce(loss_sum / steps, reduction="mean")),
         "seconds": round(time.perf_counter() - started, 3),
         "temperature": float(run.accelerator.unwrap_model(run.model).temperature.detach()),
     }
 
 
-def _train_step(run: _Run, clips: torch.Tensor, captions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _train_step(run: _Run, clips: np.ndarray, captions: np.ndarray, gen: torch.Generator) -> torch.Tensor:
     """Mix this process's pairs, score them against the global batch, and take one optimizer step."""
     accelerator, device = run.accelerator, run.accelerator.device
-    audio = run.data.audio[clips].to(device, non_blocking=True)
-    text = run.data.text[captions].to(device, non_blocking=True)
-    audio, text = fusemix_mix(audio, text, run.cfg.alpha, gen)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.cfg.bf16):
-        fa, ft, scale = run.model(audio, text)
-    if accelerator.num_processes > 1:
+    audio, text = run.data.batch(clips, captions)
+    run.data.release()  # the batch is copied out: its pages need not stay resident
+    if device.type == "cuda":  # pinned, so the copies overlap the previous step's kernels
+        audio, text = audio.pin_memory(), text.pin_memory()
+    audio, text = audio.to(device, non_blocking=True), text.to(device, non_blocking=True)
+    fa, ft, scale, hard = _mix_and_encode(run, audio, text, captions, gen)
+    if accelerator.num_processes > 1:  # each process adds only its own rows' hard negatives: nothing more to gather
         all_a, all_t = _gather_with_grad(fa), _gather_with_grad(ft)
-        loss = _LOSS(fa, ft, scale, all_a, all_t, offset=accelerator.process_index * len(fa))
+        loss = _LOSSES[run.cfg.bf16](fa, ft, scale, all_a, all_t, offset=accelerator.process_index * len(fa), **hard)
     else:
-        loss = _LOSS(fa, ft, scale)
+        loss = _LOSSES[run.cfg.bf16](fa, ft, scale, **hard)
     run.schedule.apply(run.optimizer, run.state["step"])
     run.optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
@@ -419,7 +458,25 @@ def _train_step(run: _Run, clips: torch.Tensor, captions: torch.Tensor, gen: tor
     return loss
 
 
-_LOSS = InfoNCELoss()
+_LOSSES = {False: InfoNCELoss(), True: InfoNCELoss(logits_dtype=torch.bfloat16)}  # by cfg.bf16
+
+
+def _mix_and_encode(
+    run: _Run, audio: torch.Tensor, text: torch.Tensor, captions: np.ndarray, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Mix the pairs (and their hard negatives, same λ and partner) and encode them: features, scale, and the
+    loss's hard-negative arguments (none without ``--hard-negatives``)."""
+    autocast = torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=run.cfg.bf16)
+    if run.data.hard is None:
+        audio, text = fusemix_mix(audio, text, run.cfg.alpha, gen)
+        with autocast:
+            fa, ft, scale = run.model(audio, text)
+        return fa, ft, scale, {}
+    hard, mask = (x.to(audio.device, non_blocking=True) for x in run.data.hard.take(captions))
+    audio, text, hard, mask = fusemix_mix_with_negatives(audio, text, hard, mask, run.cfg.alpha, gen)
+    with autocast:
+        fa, ft, scale, hard_features = encode_with_negatives(run.model, audio, text, hard, mask)
+    return fa, ft, scale, {"hard_text": hard_features, "hard_mask": mask}
 
 
 def _finish_epoch(run: _Run, record: dict) -> None:
