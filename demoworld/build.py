@@ -6,6 +6,7 @@ Layout of the output folder::
     images/<scene id>.png      one image per scene
     audio/<clip id>.wav        16 kHz mono 16-bit spoken captions (one or more per scene)
     train.jsonl val.jsonl test.jsonl   one line per clip: id, audio, caption, scene, image, voice, template, ...
+    swap_classes.json          the words `fusemix hard-negatives` may swap (the colours)
     README.json                counts, exact settings, build time (written last)
     .build.json                the settings, written first: a re-run with other settings refuses to mix them
 
@@ -265,6 +266,7 @@ def build(config: BuildConfig) -> dict:
         "workers": config.workers,
         "manifest_sha256": hashes,
     }
+    atomic_write_json(out / "swap_classes.json", scenes.SWAP_CLASSES)  # for fusemix hard-negatives
     atomic_write_json(out / "README.json", readme)
     return readme
 

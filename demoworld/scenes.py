@@ -25,6 +25,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
+# Words `fusemix hard-negatives` may exchange within a caption ("red circle on blue" -> "blue circle on red"):
+# the colours, the one class a caption names twice. `fusemix demo build` writes it as swap_classes.json.
+SWAP_CLASSES: dict[str, list[str]] = {"colour": list(COLOURS)}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 SIZES: tuple[str, ...] = ("small", "large")
 # Radius of the shape's bounding circle as a fraction of the image side.

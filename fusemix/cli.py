@@ -17,6 +17,7 @@ from fusion.errors import FusemixError, InputError
 # subcommand -> (module with a main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("fusemix.extract", "encode audio or captions once and cache the latents on disk"),
+    "hard-negatives": ("fusemix.hard_negatives", "captions with two same-class words swapped, as extra negatives"),
     "train": ("fusemix.train", "train FuseMix adapters on cached latents"),
     "eval": ("fusemix.evaluate", "audio-text retrieval benchmark (R@1/5/10, mAP@10)"),
     "train-translator": ("fusemix.train_translator", "train the shared-space -> image-conditioning translator"),

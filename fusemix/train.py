@@ -3,6 +3,9 @@
     fusemix train --audio-latents latents/audio --text-latents latents/text --out runs/fusemix
     fusemix train ... --out runs/fusemix --resume          # continue after an interruption
     fusemix train --audio-latents latents/audio_tokens32 ... --audio-adapter sparse --keep 4   # token latents
+    fusemix train ... --hard-negatives latents/text-swaps   # captions with two colours swapped as extra negatives
+        # (the cache: `fusemix hard-negatives --captions M --swap-classes F --out swaps.jsonl`, then
+        #  `fusemix extract` of swaps.jsonl with the caption cache's encoder and --tokens)
     accelerate launch --multi_gpu --num_processes 2 -m fusemix train ...   # several processes, data split
         # (on a machine without CUDA this runs CPU processes over gloo; `torchrun --nproc_per_node 2 -m fusemix
         #  train ...` does the same; `accelerate launch --cpu` starts only one process)
@@ -34,6 +37,7 @@ NUMERIC_OPTIONS = [
     ("shared-dim", int, "shared space width (default 512; text dim with --lock-text)"),
     ("val-fraction", float, "share of clips held out for validation retrieval each epoch"),
     ("seed", int, "random seed"),
+    ("hard-negative-limit", int, "hard negatives per caption, at most (with --hard-negatives)"),
 ]
 
 
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.token_blocks,
         help="sparse adapters: transformer blocks over the kept tokens",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        default=None,
+        metavar="CACHE",
+        help="text latent cache of the captions' swapped versions (ids <caption id>#swapK): extra negatives (NegCLIP)",
     )
     p.add_argument("--lock-text", action="store_true", help="text tower = identity (audio lands in text space)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
