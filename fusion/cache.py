@@ -171,7 +171,9 @@ def _latents(folder: Path, meta: dict, array) -> Latents:
     if len(ids) != len(array):
         raise CheckpointError(f"latent cache {folder}: {len(array)} rows but {len(ids)} ids")
     if meta.get("dim") is not None and int(meta["dim"]) != array.shape[-1]:
-        raise CheckpointError(f"latent cache {folder}: shards hold dim {array.shape[-1]}, {MANIFEST} says {meta['dim']}")
+        raise CheckpointError(
+            f"latent cache {folder}: shards hold dim {array.shape[-1]}, {MANIFEST} says {meta['dim']}"
+        )
     return Latents(array=array, ids=ids, clip_ids=clip_ids, meta=meta, texts=texts)
 
 

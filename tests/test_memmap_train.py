@@ -39,7 +39,9 @@ def make_caches(root: Path, n: int, captions: int, tokens: int | None = None) ->
     audio = z @ rng.standard_normal((6, 20))
     if tokens:
         audio = audio[:, None, :] + 0.1 * rng.standard_normal((n, tokens, 20))
-    text = np.repeat(z, captions, axis=0) @ rng.standard_normal((6, 12)) + 0.05 * rng.standard_normal((n * captions, 12))
+    text = np.repeat(z, captions, axis=0) @ rng.standard_normal((6, 12)) + 0.05 * rng.standard_normal(
+        (n * captions, 12)
+    )
     clips = [f"c{i}" for i in range(n)]
     caption_clips = [c for c in clips for _ in range(captions)]
     order = rng.permutation(len(caption_clips))  # captions stored shuffled
