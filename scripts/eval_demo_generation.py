@@ -57,8 +57,8 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--preset", default="demo")
     p.add_argument("--limit", type=int, default=500)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's)")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
@@ -67,6 +67,8 @@ def main() -> None:
     root = Path(a.data)
     items = [json.loads(x) for x in (root / f"{a.split}.jsonl").read_text().splitlines() if x.strip()][: a.limit]
     pipe = AudioToImagePipeline.from_preset(a.preset)
+    a.steps = pipe.preset.steps if a.steps is None else a.steps
+    a.guidance = pipe.preset.guidance if a.guidance is None else a.guidance
     results = {}
     for cond in a.conditions:
         t0 = time.time()
