@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("fusemix.generate", "turn audio files into images"),
     "batch": ("fusemix.batch", "turn a folder or manifest of audio into images, resumably"),
     "ui": ("fusemix.ui", "start the Gradio app"),
-    "demo": ("fusemix.demo", "the demo world: build, judge, train-image-model, run"),
+    "demo": ("fusemix.demo", "the demo world: build, build-neural, judge, train-image-model, make-default, run"),
 }
 
 
