@@ -29,6 +29,7 @@ from fusion.hard_negatives import (
 from fusion.loss import InfoNCELoss
 from fusion.manifests import read_manifest
 from fusion.mixup import fusemix_mix
+from tests.interrupt import interrupt_after
 
 COLOURS = {"colour": ["red", "green", "blue", "yellow"]}
 
@@ -322,25 +323,15 @@ def test_hard_negative_index_maps_each_caption_to_its_swaps_in_order(tmp_path):
 
 
 def test_train_with_hard_negatives_runs_saves_and_resumes(tmp_path, monkeypatch):
-    from fusion.training import CheckpointManager
-
     audio, text, swaps = write_swap_world(tmp_path, 240, seed=0)
     base = ["--epochs", "4", "--batch-size", "64", "--val-fraction", "0.1", "--hard-negatives", str(swaps)]
     assert train_cli.main(args_for(audio, text, tmp_path / "full", *base)) == 0
     saved = json.loads((tmp_path / "full" / "checkpoint" / "train_config.json").read_text())
     assert saved["hard_negatives"] == str(swaps) and saved["hard_negative_limit"] == 2
 
-    original = CheckpointManager.save
-
-    def save_then_stop(self, state, **parts):  # an interruption right after the epoch-2 checkpoint
-        original(self, state, **parts)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CheckpointManager, "save", save_then_stop)
+    interrupt_after(monkeypatch, "epoch", 2)  # an interruption right after the epoch-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_cli.main(args_for(audio, text, tmp_path / "cut", *base))
-    monkeypatch.setattr(CheckpointManager, "save", original)
     cut = tmp_path / "cut"
     with pytest.raises(FusemixError, match="hard_negative_limit"):
         train_cli.main(args_for(audio, text, cut, *base, "--resume", "--hard-negative-limit", "1"))

@@ -16,7 +16,7 @@ from fusemix import evaluate as eval_cli
 from fusemix import train as train_cli
 from fusion.cache import write_latents
 from fusion.errors import FusemixError
-from fusion.training import CheckpointManager
+from tests.interrupt import interrupt_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,17 +170,9 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     base = ["--epochs", "4", "--batch-size", "64", "--dropout", "0.2", "--val-fraction", "0.1"]
     assert train_cli.main(train_args(audio, text, tmp_path / "full", *base)) == 0
 
-    original = CheckpointManager.save
-
-    def save_then_stop(self, state, **parts):  # an interruption right after the epoch-2 checkpoint
-        original(self, state, **parts)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CheckpointManager, "save", save_then_stop)
+    interrupt_after(monkeypatch, "epoch", 2)  # an interruption right after the epoch-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_cli.main(train_args(audio, text, tmp_path / "cut", *base))
-    monkeypatch.setattr(CheckpointManager, "save", original)
     assert json.loads((tmp_path / "cut" / "checkpoint" / "trainer_state.json").read_text())["epoch"] == 2
     with pytest.raises(FusemixError, match="--resume"):
         train_cli.main(train_args(audio, text, tmp_path / "cut", *base))

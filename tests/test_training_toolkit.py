@@ -36,6 +36,7 @@ from fusion.training import (  # noqa: E402
 )
 from generator import train_image_model as image_module  # noqa: E402
 from generator.train_image_model import ImageModelConfig, train_image_model  # noqa: E402
+from tests.interrupt import interrupt_after
 
 
 @pytest.fixture(autouse=True)
@@ -45,20 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def interrupt_after(monkeypatch, key: str, value: int) -> None:
-    """Make the checkpoint save whose state has ``state[key] == value`` raise KeyboardInterrupt once it is written."""
-    original = CheckpointManager.save
-
-    def save_then_stop(self, state, **parts):
-        folder = original(self, state, **parts)
-        if state[key] == value:
-            monkeypatch.setattr(CheckpointManager, "save", original)
-            raise KeyboardInterrupt
-        return folder
-
-    monkeypatch.setattr(CheckpointManager, "save", save_then_stop)
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:
