@@ -36,7 +36,7 @@ from fusion.errors import FusemixError, InputError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 36 phrasings, every espeak-ng variant
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Scenes per split for each named size. Train scenes get two spoken captions, val and test one.
 SIZE_PRESETS: dict[str, dict[str, int]] = {
@@ -284,7 +284,7 @@ def write_examples(out: Path, count: int = 6, seed: int = 0) -> list[dict]:
     lines = []
     for k, index in enumerate(picks):
         scene = _scene(combos[int(index)], rng)
-        template = scenes.TEST_TEMPLATES[k % len(scenes.TEST_TEMPLATES)]
+        template = scenes.EXAMPLE_TEMPLATES[k % len(scenes.EXAMPLE_TEMPLATES)]
         text = scenes.caption(scene, template, rng)
         voice = speech.TEST_VOICES[k % len(speech.TEST_VOICES)]
         # moderate settings: these clips show the product, not stress it

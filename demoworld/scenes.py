@@ -46,6 +46,36 @@ TEMPLATES: tuple[str, ...] = (
     "on a {background} background sits a {size} {colour} {shape}",
     "an image of a {size} {colour} {shape} against {background}",
     "the {background} scene has one {size} {colour} {shape} in it",
+    # 9-28: more training phrasings (format version 2)
+    "a {size} {colour} {shape} sitting on a {background} background",
+    "i see a {size} {colour} {shape} on a {background} background",
+    "draw a {size} {colour} {shape} on a {background} background",
+    "please make a {size} {colour} {shape} on a {background} backdrop",
+    "a {background} background and a {size} {colour} {shape}",
+    "show me a {size} {colour} {shape} against {background}",
+    "a {size} {shape} in {colour} on a {background} background",
+    "there is a {size} {colour} {shape} on a {background} background",
+    "a {size} {colour} {shape} over a {background} background",
+    "a {size} {colour} {shape} drawn on a {background} backdrop",
+    "just a {size} {colour} {shape} on {background}",
+    "picture a {size} {colour} {shape} on a {background} background",
+    "we have a {size} {colour} {shape} and the background is {background}",
+    "a {size} {colour} {shape} placed in the middle of a {background} background",
+    "one {size} {colour} {shape}, {background} background",
+    "my picture has a {size} {colour} {shape} on a {background} backdrop",
+    "a {colour} {shape} that is {size} on a {background} background",
+    "give me a {size} {colour} {shape} with a {background} background",
+    "a {background} backdrop behind a {size} {colour} {shape}",
+    "make the background {background} and add a {size} {colour} {shape}",
+    # 29-31: validation phrasings
+    "a {size} {colour} {shape} resting on a {background} background",
+    "i would like a {size} {colour} {shape} on a {background} background",
+    "the image is a {size} {colour} {shape} on {background}",
+    # 32-35: test phrasings
+    "imagine a {size} {colour} {shape} floating on a {background} background",
+    "could you paint a {size} {colour} {shape} on a {background} backdrop",
+    "{background} backdrop, and on it a {size} {colour} {shape}",
+    "a {size} {colour} {shape} set against a {background} background",
 )
 
 SUPERSAMPLE = 4  # render at 4x and downsample, for anti-aliased edges
@@ -156,7 +186,7 @@ def training_captions() -> list[tuple[str, int]]:
     """
     out = []
     for index, (shape, colour, size, background) in enumerate(all_attribute_combinations()):
-        for template in TRAIN_TEMPLATES:
+        for template in IMAGE_TEMPLATES:
             for word in SIZE_WORDS[size]:
                 text = TEMPLATES[template].format(size=word, colour=colour, shape=shape, background=background)
                 out.append((text, index))
@@ -178,7 +208,7 @@ def parse_caption(text: str) -> dict[str, str]:
     """Attributes named in a caption written from the templates (used to score prompts).
 
     The background colour is the one next to a background word ("background", "backdrop",
-    "scene") or after "on"/"against"; the other colour is the shape's.
+    "scene", also "the background red") or after "on"/"against"; the other colour is the shape's.
     """
     words = text.lower().replace(",", " ").split()
     found: dict[str, str] = {}
@@ -188,7 +218,7 @@ def parse_caption(text: str) -> dict[str, str]:
         prev = words[i - 1] if i > 0 else ""
         is_bg = (
             nxt in ("background", "backdrop", "scene")
-            or prev in ("is", "against")
+            or prev in ("is", "against", "background", "backdrop")
             or (prev == "on" and nxt not in SHAPES)
         )
         if is_bg and "background" not in found:
@@ -205,6 +235,12 @@ def parse_caption(text: str) -> dict[str, str]:
 
 
 # Template splits: the test split's templates (and voices, see demoworld.speech) are never seen in training.
-TRAIN_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
-VAL_TEMPLATES: tuple[int, ...] = (6,)
-TEST_TEMPLATES: tuple[int, ...] = (7, 8)
+# 26 training phrasings, 4 for validation, 6 held out for test (disjoint sets).
+TRAIN_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, *range(9, 29))
+VAL_TEMPLATES: tuple[int, ...] = (6, 29, 30, 31)
+TEST_TEMPLATES: tuple[int, ...] = (7, 8, 32, 33, 34, 35)
+# The phrasings the image model, the caption bank and the translator are trained on (every scene x these x both
+# size words): the first six training templates keep the bank small; the adapters see all of TRAIN_TEMPLATES.
+IMAGE_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+# The bundled example prompts (examples/) were spoken from these test templates.
+EXAMPLE_TEMPLATES: tuple[int, ...] = (7, 8)

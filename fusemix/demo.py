@@ -16,6 +16,7 @@ from fusion.errors import InputError
 ACTIONS: dict[str, tuple[str, str]] = {
     "build": ("fusemix.demo_build", "generate scenes, captions, spoken captions and splits"),
     "build-neural": ("fusemix.demo_build_neural", "speak a split again with held-out neural (Kokoro) speakers"),
+    "build-other": ("fusemix.demo_build_other", "speak a split again with a synthesizer training never uses (Flite)"),
     "judge": ("fusemix.demo_judge", "score generated images against their prompts"),
     "train-image-model": ("fusemix.demo_train_image_model", "train the demo world's text-to-image UNet"),
     "run": ("fusemix.demo_run", "the main job on the embedded default (what `make demo` runs)"),

@@ -93,7 +93,7 @@ def _espeak_version() -> str:
     return out.strip()
 
 
-def _check_resumable(out: Path, settings: dict) -> None:
+def check_resumable(out: Path, settings: dict) -> None:
     marker = out / ".build.json"
     if not marker.exists():
         if (out / "README.json").exists():
@@ -104,7 +104,7 @@ def _check_resumable(out: Path, settings: dict) -> None:
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise FusemixError(
-            f"--out {out} holds a neural build with other settings ({', '.join(changed)}): use a new --out"
+            f"--out {out} holds a build with other settings ({', '.join(changed)}): use a new --out"
         )
 
 
@@ -132,7 +132,7 @@ def manifest_line(line: dict, settings: neural_speech.NeuralSettings) -> dict:
     return out
 
 
-def _copy_image(config: NeuralBuildConfig, line: dict) -> None:
+def copy_image(config, line: dict) -> None:
     image = line.get("image")
     if not image:
         return
@@ -160,7 +160,7 @@ def speak_all(config: NeuralBuildConfig, speaker, lines: list[dict], pool: list)
             seconds += time.perf_counter() - start
             made += 1
             bar.set_postfix(s_per_clip=f"{seconds / made:.1f}")
-        _copy_image(config, line)
+        copy_image(config, line)
         out_lines.append(manifest_line(line, settings))
     return out_lines, made, seconds
 
@@ -174,7 +174,7 @@ def build_neural(config: NeuralBuildConfig) -> dict:
         raise InputError(f"--out {out} exists and is not a folder")
     speaker = neural_speech.KokoroSpeaker(threads=config.threads)
     settings = build_settings(config, speaker)
-    _check_resumable(out, settings)
+    check_resumable(out, settings)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / ".build.json", settings)
     pool = neural_speech.speaker_pool(config.split, config.speakers, config.seed)

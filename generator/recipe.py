@@ -9,8 +9,9 @@ Steps (each writes under WORK; the preset goes to OUT):
 1. ``world``, ``world_extra``: build the demo world, and a second build (another seed) whose training split adds
    training clips (its val/test splits go unused);
 2. ``extract_*``: audio and text latents (token latents when ``audio_tokens``/``text_tokens`` are set) of the
-   training and test splits, the extra world's training split, and of the caption bank (every scene combination x
-   training template, both size words); ``train_all``: the two training caches joined;
+   training, validation and test splits, the extra world's training split, and of the caption bank (every scene
+   combination x image template, both size words); ``swaps_*``: the training captions with their two colours
+   exchanged, and their text latents (hard negatives); ``train_all``/``swaps_all``: the two worlds' caches joined;
 3. ``fusemix``: FuseMix adapters (``fusion.train``), then ``eval``: retrieval on the test split;
 4. ``translator``: shared space -> the image model's token states, trained on the bank captions;
 5. ``image_base``, ``image_tuned``: the demo image model on captions, then continued to ``image_steps`` with part of
@@ -42,11 +43,15 @@ class DemoRecipe:
     extra_world_seed: int = 1  # seed of the second build (must differ from world_seed)
     resolution: int = 32  # image side of the worlds' scenes and of the image model
     # -- encoders and latents
-    audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
+    # frozen audio encoder (fusion.encoders name): Whisper's encoder states beside its own greedy transcript read by
+    # MiniLM, so the audio latent knows what was said (fusion.encoders.transcript)
+    audio_encoder: str = "concat:whisper-tiny.en-10s+whisper-tiny.en-transcript"
     text_encoder: str = "all-MiniLM-L6-v2"  # frozen text encoder
     audio_tokens: int | None = 32  # tokens per clip in the audio cache (`extract --tokens`); None: pooled vectors
     text_tokens: int | None = 16  # token states per caption in the text cache; None: pooled vectors
     bank_scenes: int | None = None  # caption bank: all 448 scene combinations x training templates, or the first N
+    hard_negatives: bool = True  # NegCLIP: each caption's colour-swapped version is an extra negative for its audio
+    hard_negative_limit: int = 2  # swapped versions per caption, at most
     # -- FuseMix adapters (fusion.train.TrainConfig)
     epochs: int = 40  # passes over the training clips
     batch_size: int = 512  # pairs per step before mixing
@@ -113,9 +118,11 @@ class DemoRecipe:
 
 
 DEFAULT = DemoRecipe()
+# The default before transcripts and hard negatives (Whisper encoder tokens only); shipped until format 2.
+ENCODER_ONLY = replace(DEFAULT, name="encoder-only", audio_encoder="whisper-tiny.en-10s", hard_negatives=False)
 # The earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
 LOCKED_TEXT = replace(
-    DEFAULT,
+    ENCODER_ONLY,
     name="locked-text",
     extra_world_size=None,
     audio_tokens=None,
@@ -147,7 +154,7 @@ TINY = replace(
     image_widths=(16, 32),
     image_checkpoint_every=100,
 )
-RECIPES: dict[str, DemoRecipe] = {r.name: r for r in (DEFAULT, LOCKED_TEXT, TINY)}
+RECIPES: dict[str, DemoRecipe] = {r.name: r for r in (DEFAULT, ENCODER_ONLY, LOCKED_TEXT, TINY)}
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,10 @@ class Layout:
     def latents(self, modality: str, split: str) -> Path:
         """Cache of ``split`` (train, test, extra_train, train_all, bank) for ``modality``."""
         return self.work / "latents" / f"{modality}_{split}"
+
+    def swap_manifest(self, split: str) -> Path:
+        """The colour-swapped captions of ``split`` (train, extra_train): the hard negatives' manifest."""
+        return self.work / f"swaps_{split}.jsonl"
 
     @property
     def bank_manifest(self) -> Path:
@@ -207,6 +218,8 @@ def train_config(recipe: DemoRecipe, layout: Layout):
         warmup_steps=recipe.warmup_steps,
         weight_decay=recipe.weight_decay,
         alpha=recipe.alpha,
+        hard_negatives=str(layout.latents("text", "swaps_all")) if recipe.hard_negatives else None,
+        hard_negative_limit=recipe.hard_negative_limit,
         dropout=recipe.dropout,
         num_blocks=recipe.num_blocks,
         expansion=recipe.expansion,

@@ -30,7 +30,7 @@ from generator.recipe import (
     translator_config,
 )
 
-INPUT_FIELDS = frozenset({"audio_latents", "text_latents", "adapters", "translator", "image_model"})
+INPUT_FIELDS = frozenset({"audio_latents", "text_latents", "hard_negatives", "adapters", "translator", "image_model"})
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
 RESULT_FIELDS = frozenset({"step", "loss", "num_captions", "relative_mse", "seconds"})
 

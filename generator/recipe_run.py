@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusion.cache import atomic_write_json, load_latents
+from fusion.cache import atomic_write_json, concat_latents, load_latents
 from fusion.errors import FusemixError
 from generator.recipe import (
     DemoRecipe,
@@ -89,26 +89,48 @@ def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
 
 
 def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
-    """Latents of the training and test splits, the extra training clips, and the caption bank."""
-    from fusion.cache import concat_latents
-
-    jobs = [(layout.world / f"{split}.jsonl", split) for split in ("train", "test")]
+    """Latents of the training, validation and test splits, the extra training clips, the caption bank, and the
+    hard negatives (the training captions with their colours swapped)."""
+    jobs = [(layout.world, split, split) for split in ("train", "val", "test")]
     if recipe.extra_world_size is not None:
-        jobs.append((layout.extra_world / "train.jsonl", "extra_train"))
-    for manifest, split in jobs:
-        _extract(recipe, layout, "audio", manifest, split)
-        _extract(recipe, layout, "text", manifest, split)
+        jobs.append((layout.extra_world, "train", "extra_train"))
+    for world, split, name in jobs:
+        _extract(recipe, layout, "audio", world / f"{split}.jsonl", name)
+        _extract(recipe, layout, "text", world / f"{split}.jsonl", name)
     run_step(
         layout, "bank", {"bank": bank_captions(recipe)}, lambda: _write_bank(recipe, layout), [layout.bank_manifest]
     )
     _extract(recipe, layout, "text", layout.bank_manifest, "bank")
-    for modality in ("audio", "text"):
-        sources = [("", layout.latents(modality, "train"))]
+    if recipe.hard_negatives:
+        for world, split, name in jobs:
+            if split == "train":
+                _swaps(recipe, layout, world, name)
+    joins = [("audio", "train"), ("text", "train")] + ([("text", "swaps")] if recipe.hard_negatives else [])
+    for modality, kind in joins:
+        first = "train" if kind == "train" else "swaps_train"
+        sources = [("", layout.latents(modality, first))]
         if recipe.extra_world_size is not None:
-            sources.append(("extra-", layout.latents(modality, "extra_train")))
-        out = layout.latents(modality, "train_all")
+            sources.append(("extra-", layout.latents(modality, f"extra_{first}" if kind == "train" else
+                                                     "swaps_extra_train")))  # fmt: skip
+        out = layout.latents(modality, f"{kind}_all")
         settings = {"sources": sources}
-        run_step(layout, f"{modality}_train_all", settings, lambda s=sources, o=out: concat_latents(s, o), [out])
+        step = f"{modality}_{kind}_all"
+        run_step(layout, step, settings, lambda s=sources, o=out: concat_latents(s, o), [out])
+
+
+def _swaps(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> None:
+    """The colour-swapped versions of a world's training captions (`fusemix hard-negatives`) and their latents."""
+    from fusion.hard_negatives import load_swap_classes, write_swap_manifest
+
+    manifest = layout.swap_manifest(name)
+    classes = world / "swap_classes.json"
+    settings = {"captions": world / "train.jsonl", "swap_classes": classes, "limit": recipe.hard_negative_limit}
+
+    def write() -> None:
+        write_swap_manifest(world / "train.jsonl", load_swap_classes(classes), manifest, recipe.hard_negative_limit)
+
+    run_step(layout, f"swaps_{name}", settings, write, [manifest])
+    _extract(recipe, layout, "text", manifest, f"swaps_{name}")
 
 
 def _write_bank(recipe: DemoRecipe, layout: Layout) -> None:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests need (espeak-ng, sox, chromium) when they are missing.
+# Installs the Debian packages the tests need (espeak-ng, sox, flite, chromium) when they are missing.
 # Needs root and apt-get; otherwise says what to install and goes on (the tests that need them skip).
 set -u
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
+command -v flite >/dev/null || need+=(flite)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

@@ -117,3 +117,44 @@ def test_fusemix_eval_asr_cascade_reports_recall_and_keeps_transcripts(spoken_cl
     assert len(json.loads(transcripts.read_text())["items"]) == 2
     with pytest.raises(InputError, match="manifest"):
         evaluate.main([*args, "--manifest", str(tmp_path / "missing.jsonl")])
+
+
+@pytest.mark.slow
+def test_transcript_encoder_reads_what_was_said_with_the_text_encoder(spoken_clips):
+    """`whisper-tiny.en-transcript`: Whisper's greedy transcript through MiniLM, pooled or as token states."""
+    from fusion.audio import load_audio
+    from fusion.encoders import load_encoder
+
+    enc = load_encoder("whisper-tiny.en-transcript")
+    minilm = load_encoder("all-MiniLM-L6-v2")
+    assert (enc.modality, enc.sample_rate, enc.dim, enc.token_dim) == ("audio", 16000, 384, 384)
+    waves = [load_audio(p, 16000) for p in spoken_clips]
+    pooled = enc.encode(waves)
+    heard = enc.last_transcripts
+    assert all(w in heard[0].lower() for w in ("red", "circle", "blue")), heard
+    np.testing.assert_allclose(pooled, minilm.encode(heard), atol=1e-5)  # exactly MiniLM of the transcript
+    captions = minilm.encode(BANK)
+    assert ((pooled @ captions.T).argmax(axis=1) == [0, 1]).all()
+    tokens = enc.encode(waves, tokens=24)
+    np.testing.assert_allclose(tokens, minilm.encode(heard, tokens=24), atol=1e-5)
+    both = load_encoder("concat:whisper-tiny.en-10s+whisper-tiny.en-transcript").encode(waves[:1], tokens=8)
+    assert both.shape == (1, 8, 768)
+    np.testing.assert_allclose(np.linalg.norm(both[0, :, 384:], axis=1)[:3], 1.0, atol=1e-5)  # each part l2
+
+
+@pytest.mark.slow
+def test_short_window_decodes_short_clips_fast_and_long_clips_over_30_s(spoken_clips):
+    """A clip decides its own window: a 12 s clip does not fit 10 s and is decoded over 30 s, in any batch."""
+    from fusion.asr import Transcriber
+    from fusion.audio import load_audio
+
+    short = load_audio(spoken_clips[0], 16000)
+    long = np.concatenate([np.zeros(16000 * 9, np.float32), short])  # speech after 9 s of silence: >10 s padded
+    windows = []
+    transcriber = Transcriber(AsrSettings(beam_size=1, short_window_s=10.0))
+    decode = transcriber._decode
+    transcriber._decode = lambda features: windows.append(features.shape[-1]) or decode(features)
+    alone = transcriber.transcribe_waves([long])
+    mixed = transcriber.transcribe_waves([short, long])
+    assert windows == [3000, 1000, 3000]  # 100 mel frames a second
+    assert mixed[1] == alone[0] and "circle" in alone[0].lower()  # the spoken words after 9 s are not cut off

@@ -82,6 +82,30 @@ def test_voice_splits_are_disjoint_and_large_enough():
     assert all(not v.startswith("mb-") and "+" in v for v in train | val | test)
 
 
+def test_voice_rule_holds_out_test_variants_and_accent_and_uses_every_other_variant():
+    train_pairs = [v.split("+") for v in speech.TRAIN_VOICES]
+    held_out = set(speech.TEST_VARIANTS) | set(speech.VAL_VARIANTS)
+    assert {v for _, v in train_pairs} == set(speech.ALL_VARIANTS) - held_out - set(speech.UNUSED_VARIANTS)
+    assert {a for a, _ in train_pairs} == set(speech.TRAIN_ACCENTS)
+    assert not {a for a, _ in train_pairs} & set(speech.TEST_ACCENTS)
+    assert len(speech.TRAIN_VOICES) >= 600
+    for voice in speech.TEST_VOICES:
+        accent, variant = voice.split("+")
+        assert variant in speech.TEST_VARIANTS or accent in speech.TEST_ACCENTS
+
+
+def test_templates_are_many_disjoint_and_every_one_parses_to_its_scene():
+    train, val, test = (set(t) for t in (scenes.TRAIN_TEMPLATES, scenes.VAL_TEMPLATES, scenes.TEST_TEMPLATES))
+    assert len(train | val | test) == len(scenes.TEMPLATES) >= 30 and len(test) >= 6
+    assert not train & test and not train & val and not val & test
+    assert set(scenes.IMAGE_TEMPLATES) <= train and set(scenes.EXAMPLE_TEMPLATES) <= test
+    rng = np.random.default_rng(0)
+    for template in range(len(scenes.TEMPLATES)):
+        for combo in scenes.all_attribute_combinations()[template::37]:
+            scene = scenes.Scene(*combo)
+            assert scenes.parse_caption(scenes.caption(scene, template, rng)) == scene.attributes(), template
+
+
 def test_default_plan_splits_voices_templates_and_covers_every_combination():
     config = build.BuildConfig(out=Path("unused"), size="default", seed=0)
     items = build.plan(config)
@@ -91,7 +115,7 @@ def test_default_plan_splits_voices_templates_and_covers_every_combination():
     templates = {s: {c.template for c, _ in v} for s, v in clips.items()}
     assert not voices["test"] & voices["train"] and not voices["val"] & voices["train"]
     assert not templates["test"] & templates["train"] and not templates["val"] & templates["train"]
-    assert templates["train"] == set(scenes.TRAIN_TEMPLATES) and voices["train"] == set(speech.TRAIN_VOICES)
+    assert templates["train"] == set(scenes.TRAIN_TEMPLATES) and len(voices["train"]) > 500  # of 644 voices
     combos = {s: {tuple(it.scene.attributes().values()) for it in items if it.split == s} for s in build.SPLITS}
     assert len(combos["test"]) == len(scenes.all_attribute_combinations())  # 500 scenes deal all 448
     for clip, item in clips["train"][:200]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,33 @@ def test_build_neural_speaks_held_out_speakers_and_resumes(tmp_path):
         assert caption.split()[2] in text.lower() and caption.split()[-2] in text.lower(), (caption, text)
     with pytest.raises(FusemixError, match="other settings"):
         demo_build_neural.main([*args, "--seed", "5"])
+
+
+# --- the other-synthesizer split (Flite) ------------------------------------------------------------
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
+
+
+@pytest.mark.slow
+@needs_flite
+def test_build_other_speaks_every_clip_with_flite_voices_and_resumes(tmp_path):
+    from demoworld import flite_speech
+    from fusemix import demo_build_other
+
+    source = _source(tmp_path / "src")
+    out = tmp_path / "flite"
+    args = ["--out", str(out), "--from", str(source), "--limit", "2", "--no-progress"]
+    assert demo_build_other.main(args) == 0
+    lines = [json.loads(x) for x in (out / "test.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["test-00000-0", "test-00001-0"]
+    for line in lines:
+        assert line["synthesizer"] == "flite" and line["voice"] in flite_speech.VOICES
+        audio, sr = sf.read(out / line["audio"])
+        assert sr == 16000 and len(audio) > 16000 and abs(np.abs(audio).max() - line["gain"]) < 0.01
+        assert (out / line["image"]).is_file()
+    before = (out / lines[0]["audio"]).stat().st_mtime_ns
+    assert demo_build_other.main([*args[:-3], "--no-progress"]) == 0  # all clips: keeps the two made
+    assert (out / lines[0]["audio"]).stat().st_mtime_ns == before
+    assert len((out / "test.jsonl").read_text().splitlines()) == len(CAPTIONS)
+    with pytest.raises(FusemixError, match="other settings"):
+        demo_build_other.main([*args[:-1], "--seed", "3"])

@@ -2,7 +2,8 @@
 
 `ENCODERS` is the one table from a name (or a hub id prefix such as "openai/whisper-") to its loader. Names that are
 neither in it nor prefixed by one of its keys are local folders or hub ids; their config.json decides the family
-(whisper, clap, clip, or a sentence encoder). `concat:A+B` concatenates two audio encoders.
+(whisper, clap, clip, or a sentence encoder). `concat:A+B` concatenates two audio encoders; `A-transcript` (e.g.
+`whisper-tiny.en-transcript`) reads Whisper A's greedy transcript with MiniLM.
 
     >>> enc = load_encoder("whisper-tiny.en")
     >>> enc.encode([waveform_16k]).shape     # (1, 384)
@@ -19,6 +20,8 @@ from fusion.encoders.concat import PREFIX as CONCAT_PREFIX
 from fusion.encoders.concat import ConcatEncoder, split_concat_name
 from fusion.encoders.hub import local_folder, read_config
 from fusion.encoders.text import load_minilm, load_sentence_encoder
+from fusion.encoders.transcript import SUFFIX as TRANSCRIPT_SUFFIX
+from fusion.encoders.transcript import load_transcript_encoder
 from fusion.encoders.whisper import (
     CT2WhisperEncoder,
     is_ct2_folder,
@@ -28,12 +31,19 @@ from fusion.encoders.whisper import (
 )
 from fusion.errors import InputError, MissingModelError, ModelUnavailableError
 
+TRANSCRIPT_TEXT_ENCODER = "all-MiniLM-L6-v2"  # reads the transcripts of `<whisper>-transcript` encoders
+
 __all__ = ["ENCODERS", "Encoder", "MissingModelError", "ModelUnavailableError", "load_encoder"]
 
 
 def _load_concat(name: str, device: str = "cpu") -> Encoder:
     first, second = split_concat_name(name)
     return ConcatEncoder(name, load_encoder(first, device), load_encoder(second, device))
+
+
+def _load_transcript(name: str, device: str = "cpu") -> Encoder:
+    """``A-transcript``: Whisper A's greedy transcript read by MiniLM (the demo's text encoder)."""
+    return load_transcript_encoder(name, load_encoder(TRANSCRIPT_TEXT_ENCODER, device), device)
 
 
 def _load_by_config(name: str, device: str = "cpu") -> Encoder:
@@ -57,6 +67,7 @@ def _load_by_config(name: str, device: str = "cpu") -> Encoder:
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "whisper-tiny.en": load_whisper_tiny_en,
     "whisper-tiny.en-10s": load_whisper_tiny_en_10s,
+    "whisper-tiny.en-transcript": _load_transcript,
     "all-MiniLM-L6-v2": load_minilm,
     "sentence-transformers/all-MiniLM-L6-v2": load_minilm,
     "openai/whisper-": load_hf_whisper,
@@ -83,6 +94,8 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
         return ENCODERS[name](name, device)
     if name.startswith(CONCAT_PREFIX):
         return _load_concat(name, device)
+    if name.endswith(TRANSCRIPT_SUFFIX):  # a CTranslate2 Whisper folder + "-transcript"
+        return _load_transcript(name, device)
     if local_folder(name) is not None:
         return _load_by_config(name, device)
     prefixes = sorted((k for k in ENCODERS if name.startswith(k)), key=len, reverse=True)
