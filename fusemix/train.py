@@ -10,6 +10,11 @@
         # (on a machine without CUDA this runs CPU processes over gloo; `torchrun --nproc_per_node 2 -m fusemix
         #  train ...` does the same; `accelerate launch --cpu` starts only one process)
 
+The defaults are the demo recipe's (generator.recipe.DEFAULT). The towers follow the caches unless given: a token
+cache (`fusemix extract --tokens K`) gets a sparse tower keeping min(16, K) tokens, a pooled cache an MLP tower.
+The flags that matter most: --hard-negatives (binding colours to what they describe), --epochs for your data size
+(the recipe's 40 suit ~10k clips), and token caches on both sides (sparse towers keep which word goes with which).
+
 The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
 """
 
@@ -17,10 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from fusion.adapters import AUDIO_ADAPTERS, TEXT_ADAPTERS
+from fusion.cache import open_latents
 from fusion.sparse import SPARSE_MODES
 from fusion.train import TrainConfig, train
+
+AUTO = "auto"  # tower kind chosen from the cache
+AUTO_KEEP = 16  # tokens an auto sparse tower keeps (the recipe's)
 
 # (flag, type, help) of the numeric options; their defaults come from TrainConfig
 NUMERIC_OPTIONS = [
@@ -57,20 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
             default=getattr(defaults, field),
             help=f"{help_} (default {getattr(defaults, field)})",
         )
-    p.add_argument("--audio-adapter", choices=AUDIO_ADAPTERS, default=defaults.audio_adapter, help="audio tower kind")
+    p.add_argument(
+        "--audio-adapter",
+        choices=(AUTO, *AUDIO_ADAPTERS),
+        default=AUTO,
+        help="audio tower kind (auto: sparse on a token cache, mlp on pooled latents)",
+    )
     p.add_argument(
         "--keep",
         type=int,
         default=None,
-        help="sparse adapter: tokens kept per clip (K keeps all; needs a --tokens cache)",
+        help=f"sparse adapter: tokens kept per clip (K keeps all; needs a --tokens cache; default min({AUTO_KEEP}, K))",
     )
     p.add_argument(
         "--text-adapter",
-        choices=TEXT_ADAPTERS,
-        default=defaults.text_adapter,
-        help="text tower kind; sparse takes token latents and keeps which word goes with which",
+        choices=(AUTO, *TEXT_ADAPTERS),
+        default=AUTO,
+        help="text tower kind (auto: as --audio-adapter; mlp with --lock-text); sparse keeps which word goes with which",
     )
-    p.add_argument("--text-keep", type=int, default=None, help="sparse text adapter: tokens kept per caption")
+    p.add_argument(
+        "--text-keep",
+        type=int,
+        default=None,
+        help=f"sparse text adapter: tokens kept per caption (default min({AUTO_KEEP}, K))",
+    )
     p.add_argument(
         "--sparse-mode",
         choices=SPARSE_MODES,
@@ -96,8 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cache_tokens(folder: str) -> int | None:
+    """K of a token cache, None for pooled latents (the cache's own error when it cannot be opened)."""
+    rows = open_latents(Path(folder), mmap=True).array
+    return int(rows.shape[1]) if rows.ndim == 3 else None
+
+
+def resolve_towers(args: dict) -> None:
+    """Replace ``auto`` towers by what the caches hold: sparse keeping min(AUTO_KEEP, K) tokens, or mlp."""
+    towers = (("audio_adapter", "keep", "audio_latents"), ("text_adapter", "text_keep", "text_latents"))
+    for kind, keep, cache in towers:
+        if args[kind] != AUTO:
+            continue
+        tokens = None if kind == "text_adapter" and args["lock_text"] else cache_tokens(args[cache])
+        args[kind] = "mlp" if tokens is None else "sparse"
+        if tokens is not None and args[keep] is None:
+            args[keep] = min(AUTO_KEEP, tokens)
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
+    resolve_towers(args)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in args.items() if k in names})
 

@@ -67,15 +67,16 @@ RESUMABLE_CHANGES = {"resume", "no_progress", "out", "audio_latents", "text_late
 class TrainConfig:
     """Everything a training run depends on; saved as ``train_config.json`` next to the weights.
 
-    Defaults suit small data (thousands of clips, CPU). The paper's image-text run: epochs 500, batch 40960,
+    Defaults are the demo recipe's (``generator.recipe.DEFAULT``: thousands of clips, CPU); `fusemix train` also picks
+    its towers from the caches (sparse on token latents). The paper's image-text run: epochs 500, batch 40960,
     num_blocks 4, dropout 0.6, lr 1e-3 -> 1e-6 cosine, 100 warm-up steps, weight decay 0.1, alpha 1.
     """
 
     audio_latents: str  # folder of the audio latent cache (one row per clip)
     text_latents: str  # folder of the caption latent cache (one row per caption; clip_ids name the clip)
     out: str  # run folder; the checkpoint goes to OUT/checkpoint
-    epochs: int = 100  # passes over the clips (one caption per clip per epoch)
-    batch_size: int = 1024  # pairs per step before mixing, over all processes; halves are mixed
+    epochs: int = 40  # passes over the clips (one caption per clip per epoch)
+    batch_size: int = 512  # pairs per step before mixing, over all processes; halves are mixed
     lr: float = 1e-3  # peak AdamW learning rate
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay
     warmup_steps: int = 100  # linear warm-up steps
@@ -85,7 +86,7 @@ class TrainConfig:
     # extra negatives in each audio's audio->text softmax (NegCLIP); None: none
     hard_negatives: str | None = None
     hard_negative_limit: int = 2  # hard negatives per caption, at most (its first swaps)
-    dropout: float = 0.3  # dropout inside the MLP blocks (paper 0.6 at 40k batch and millions of pairs)
+    dropout: float = 0.2  # dropout inside the MLP blocks (paper 0.6 at 40k batch and millions of pairs)
     num_blocks: int = 2  # residual MLP blocks per tower (paper 4)
     expansion: int = 4  # hidden width of a block = expansion x input dim
     shared_dim: int | None = None  # width of the shared space; None: 512, or text_dim with lock_text

@@ -300,3 +300,27 @@ def test_two_processes_under_accelerate(tmp_path):
     losses, single_losses = [h["loss"] for h in state["history"]], [h["loss"] for h in single["history"]]
     assert losses[-1] < losses[0]
     assert abs(losses[-1] - single_losses[-1]) < 0.15 * single_losses[-1], (losses, single_losses)
+
+
+def test_cli_picks_towers_from_the_caches_and_defaults_are_the_recipe(tmp_path):
+    """No tower flags: a token cache gets a sparse tower keeping min(16, K), a pooled cache an MLP tower."""
+    from fusemix.train import parse_config
+    from generator.recipe import DEFAULT
+
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(4)]
+    tokens = write_latents(tmp_path / "a32", rng.standard_normal((4, 32, 8)).astype(np.float32), ids, ids, {})
+    few = write_latents(tmp_path / "t4", rng.standard_normal((4, 4, 8)).astype(np.float32), ids, ids, {})
+    pooled = write_latents(tmp_path / "p", rng.standard_normal((4, 8)).astype(np.float32), ids, ids, {})
+    base = ["--out", str(tmp_path / "run")]
+    cfg = parse_config(["--audio-latents", str(tokens), "--text-latents", str(few), *base])
+    assert (cfg.audio_adapter, cfg.keep, cfg.text_adapter, cfg.text_keep) == ("sparse", 16, "sparse", 4)
+    cfg = parse_config(["--audio-latents", str(pooled), "--text-latents", str(pooled), *base])
+    assert (cfg.audio_adapter, cfg.keep, cfg.text_adapter, cfg.text_keep) == ("mlp", None, "mlp", None)
+    cfg = parse_config(["--audio-latents", str(tokens), "--text-latents", str(pooled), "--keep", "5", *base])
+    assert (cfg.audio_adapter, cfg.keep, cfg.text_adapter) == ("sparse", 5, "mlp")
+    cfg = parse_config(["--audio-latents", str(tokens), "--text-latents", str(few), "--lock-text", *base])
+    assert cfg.text_adapter == "mlp"
+    for field in ("epochs", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "alpha", "dropout",
+                  "num_blocks", "expansion", "sparse_mode", "token_blocks"):  # fmt: skip
+        assert getattr(cfg, field) == getattr(DEFAULT, field), field
