@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.encoders.base import Encoder, check_tokens, check_waveforms
+from fusion.encoders.base import Encoder, check_tokens, check_waveforms, l2_normalize
 
 SUFFIX = "-transcript"
 # Decoding that gives one transcript per clip whatever the batch: greedy, as Whisper decodes by default.
@@ -38,11 +38,12 @@ class TranscriptEncoder:
         self.text = text
         self.dim = text.dim
         self.token_dim = text.token_dim
-        self.pooling = f"{text.pooling} of the greedy transcript ({text.name})"
+        self.pooling = f"{text.pooling} of the greedy transcript ({text.name}), l2"
         self.last_transcripts: list[str] = []
 
     def encode(self, batch: list, tokens: int | None = None) -> np.ndarray:
-        """(B, dim) sentence vectors, or (B, tokens, token_dim) token states, of each clip's transcript."""
+        """(B, dim) sentence vectors, or (B, tokens, token_dim) token states, of each clip's transcript, L2-normalised
+        (each token; padding stays zero), so it equals its own part of a ``concat:`` latent."""
         check_tokens(tokens)
         waves = check_waveforms(batch, self.name)
         if not waves:
@@ -50,7 +51,7 @@ class TranscriptEncoder:
         texts = self.transcriber.transcribe_waves(waves)
         self.last_transcripts = texts
         # silence gives an empty transcript; the text encoder reads it as a space, which names nothing
-        return self.text.encode([t if t.strip() else " " for t in texts], tokens=tokens)
+        return l2_normalize(self.text.encode([t if t.strip() else " " for t in texts], tokens=tokens))
 
 
 def load_transcript_encoder(name: str, text: Encoder, device: str = "cpu") -> TranscriptEncoder:
