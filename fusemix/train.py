@@ -51,22 +51,8 @@ NUMERIC_OPTIONS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig(audio_latents="", text_latents="", out="")
-    p = argparse.ArgumentParser(
-        prog="fusemix train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--audio-latents", required=True, help="audio latent cache folder (one row per clip)")
-    p.add_argument("--text-latents", required=True, help="caption latent cache folder (one row per caption)")
-    p.add_argument("--out", required=True, help="run folder; the checkpoint goes to OUT/checkpoint")
-    for name, kind, help_ in NUMERIC_OPTIONS:
-        field = name.replace("-", "_")
-        p.add_argument(
-            f"--{name}",
-            type=kind,
-            default=getattr(defaults, field),
-            help=f"{help_} (default {getattr(defaults, field)})",
-        )
+def add_tower_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The towers' flags: kinds (auto from the caches), tokens kept, sparse mode and token blocks."""
     p.add_argument(
         "--audio-adapter",
         choices=(AUTO, *AUDIO_ADAPTERS),
@@ -103,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.token_blocks,
         help="sparse adapters: transformer blocks over the kept tokens",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig(audio_latents="", text_latents="", out="")
+    p = argparse.ArgumentParser(
+        prog="fusemix train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--audio-latents", required=True, help="audio latent cache folder (one row per clip)")
+    p.add_argument("--text-latents", required=True, help="caption latent cache folder (one row per caption)")
+    p.add_argument("--out", required=True, help="run folder; the checkpoint goes to OUT/checkpoint")
+    for name, kind, help_ in NUMERIC_OPTIONS:
+        field = name.replace("-", "_")
+        p.add_argument(
+            f"--{name}",
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"{help_} (default {getattr(defaults, field)})",
+        )
+    add_tower_options(p, defaults)
     p.add_argument(
         "--hard-negatives",
         default=None,

@@ -105,17 +105,16 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
         for world, split, name in jobs:
             if split == "train":
                 _swaps(recipe, layout, world, name)
-    joins = [("audio", "train"), ("text", "train")] + ([("text", "swaps")] if recipe.hard_negatives else [])
-    for modality, kind in joins:
-        first = "train" if kind == "train" else "swaps_train"
-        sources = [("", layout.latents(modality, first))]
-        if recipe.extra_world_size is not None:
-            sources.append(("extra-", layout.latents(modality, f"extra_{first}" if kind == "train" else
-                                                     "swaps_extra_train")))  # fmt: skip
-        out = layout.latents(modality, f"{kind}_all")
-        settings = {"sources": sources}
-        step = f"{modality}_{kind}_all"
-        run_step(layout, step, settings, lambda s=sources, o=out: concat_latents(s, o), [out])
+    if recipe.extra_world_size is None:
+        return  # one world: training reads its caches as they are
+    joins = {("audio", "train"): "extra_train", ("text", "train"): "extra_train"}
+    if recipe.hard_negatives:
+        joins[("text", "swaps_train")] = "swaps_extra_train"
+    for (modality, first), extra in joins.items():
+        sources = [("", layout.latents(modality, first)), ("extra-", layout.latents(modality, extra))]
+        out = layout.latents(modality, "train_all" if first == "train" else "swaps_all")
+        step = f"{modality}_train_all" if first == "train" else f"{modality}_swaps_all"
+        run_step(layout, step, {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out])
 
 
 def _swaps(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> None:
@@ -193,6 +192,9 @@ def _train_image_model(recipe: DemoRecipe, layout: Layout) -> None:
     translator (a change the image-model trainer allows on resume)."""
     from generator.train_image_model import checkpoint_manager, train_image_model
 
+    if recipe.reuse_image_model:
+        _reuse_image_model(layout)
+        return
     base, tuned = image_model_configs(recipe, layout)
     states = TokenStates(recipe.device)  # both stages encode the same captions: once is enough
 
@@ -205,6 +207,21 @@ def _train_image_model(recipe: DemoRecipe, layout: Layout) -> None:
     if not (layout.work / STEPS_DIR / "image_tuned.json").is_file():  # once tuned, the base state is gone
         run_step(layout, "image_base", _settings(base), fit_base, [layout.image_model])
     run_step(layout, "image_tuned", _settings(tuned), fit_tuned, [layout.image_model])
+
+
+def _reuse_image_model(layout: Layout) -> None:
+    """The shipped image model, copied into the work folder (the step records the weights' hash)."""
+    import hashlib
+
+    from generator.presets import shipped_path
+
+    source = shipped_path("checkpoints") / "demo" / "image_model"
+    weights = sorted(source.rglob("*.safetensors"))
+    if not weights:
+        raise FusemixError(f"reuse_image_model: no shipped image model at {source}")
+    digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in weights)).hexdigest()
+    run_step(layout, "image_reused", {"sha256": digest}, lambda: copy_model(source, layout.image_model),
+             [layout.image_model])  # fmt: skip
 
 
 class TokenStates:

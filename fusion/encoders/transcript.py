@@ -56,7 +56,7 @@ class TranscriptEncoder:
 
 def load_transcript_encoder(name: str, text: Encoder, device: str = "cpu") -> TranscriptEncoder:
     """``<asr model>-transcript`` read by ``text``: the offline ``whisper-tiny.en`` or a CTranslate2 Whisper folder."""
-    from fusion.asr import AsrSettings, Transcriber
+    from fusion.encoders.whisper_asr import AsrSettings, Transcriber
 
     asr_model = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
     transcriber = Transcriber(AsrSettings(model=asr_model, beam_size=BEAM_SIZE, short_window_s=SHORT_WINDOW_S), device=device)
