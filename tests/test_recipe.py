@@ -134,3 +134,22 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     result = pipe([str(clip)], num_inference_steps=2, seed=0)
     image = np.asarray(result.images[0][0])
     assert image.shape == (TINY.resolution, TINY.resolution, 3) and image.std() > 0
+
+
+def test_reuse_image_model_copies_the_shipped_one_and_records_its_hash(tmp_path):
+    from generator.presets import shipped_path
+    from generator.recipe_run import _reuse_image_model
+
+    layout = Layout(tmp_path)
+    _reuse_image_model(layout)
+    shipped = shipped_path("checkpoints") / "demo" / "image_model"
+    weights = sorted(p.relative_to(shipped) for p in shipped.rglob("*.safetensors"))
+    assert (
+        weights
+        and sorted(p.relative_to(layout.image_model) for p in layout.image_model.rglob("*.safetensors")) == weights
+    )
+    for rel in weights:
+        assert (layout.image_model / rel).read_bytes() == (shipped / rel).read_bytes()
+    marker = json.loads((tmp_path / "steps" / "image_reused.json").read_text())
+    assert len(marker["sha256"]) == 64
+    assert not run_step(layout, "image_reused", marker, lambda: pytest.fail("redone"), [layout.image_model])
