@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cache_tokens(folder: str) -> int | None:
-    """K of a token cache, None for pooled latents (the cache's own error when it cannot be opened)."""
+    """K of a token cache, None for pooled latents or a missing folder (training then names what is missing)."""
+    if not Path(folder).is_dir():
+        return None
     rows = open_latents(Path(folder), mmap=True).array
     return int(rows.shape[1]) if rows.ndim == 3 else None
 

@@ -169,7 +169,10 @@ def test_trainer_refuses_mismatched_caches(tmp_path):
             + ["--audio-adapter", "sparse", "--keep", "2"]
         )
     with pytest.raises(FusemixError, match="needs pooled latents"):
-        train_cli.main([*args, "--audio-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
+        train_cli.main(
+            [*args, "--audio-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")]
+            + ["--audio-adapter", "mlp"]
+        )
     with pytest.raises(FusemixError, match=r"audio tower: keep must be in \[1, tokens=16\], got 17: .* \(--keep\)"):
         train_cli.main(
             [*args, "--audio-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "c")]
@@ -242,7 +245,10 @@ def test_text_tower_arguments_fail_clearly(tmp_path):
             + ["--text-adapter", "sparse", "--text-keep", "2"]
         )
     with pytest.raises(FusemixError, match="--text-adapter mlp needs pooled latents"):
-        train_cli.main([*args, "--text-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")])
+        train_cli.main(
+            [*args, "--text-latents", str(tmp_path / "train" / "tokens"), "--out", str(tmp_path / "b")]
+            + ["--text-adapter", "mlp"]
+        )
     with pytest.raises(FusemixError, match=r"text tower: keep is only .*\(--text-keep, --text-adapter\)"):
         train_cli.main(
             [*args, "--text-latents", str(tmp_path / "train" / "mean"), "--out", str(tmp_path / "c")]
