@@ -103,9 +103,7 @@ def check_resumable(out: Path, settings: dict) -> None:
     current = json.loads(json.dumps(settings))
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        raise FusemixError(
-            f"--out {out} holds a build with other settings ({', '.join(changed)}): use a new --out"
-        )
+        raise FusemixError(f"--out {out} holds a build with other settings ({', '.join(changed)}): use a new --out")
 
 
 def clip_settings(config: NeuralBuildConfig, index: int, pool: list) -> tuple[neural_speech.NeuralSettings, list[int]]:
