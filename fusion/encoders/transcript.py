@@ -59,5 +59,7 @@ def load_transcript_encoder(name: str, text: Encoder, device: str = "cpu") -> Tr
     from fusion.encoders.whisper_asr import AsrSettings, Transcriber
 
     asr_model = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    transcriber = Transcriber(AsrSettings(model=asr_model, beam_size=BEAM_SIZE, short_window_s=SHORT_WINDOW_S), device=device)
+    transcriber = Transcriber(
+        AsrSettings(model=asr_model, beam_size=BEAM_SIZE, short_window_s=SHORT_WINDOW_S), device=device
+    )
     return TranscriptEncoder(name, transcriber, text)
