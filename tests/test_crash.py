@@ -46,7 +46,7 @@ from fusemix.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 # ---------------------------------------------------------------- fakes (also installed in the killed child)
@@ -89,17 +89,6 @@ def install_fakes(command: str, set_attr: Callable, set_module: Callable) -> Non
 
 
 # ---------------------------------------------------------------- the crash harness
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The killed child runs on one thread (OMP_NUM_THREADS=1): so must the runs here, for equal arithmetic."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_here(monkeypatch, argv: list[str], trace: Path | None = None) -> None:

@@ -34,12 +34,7 @@ from tests.interrupt import interrupt_after
 COLOURS = {"colour": ["red", "green", "blue", "yellow"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- swapping rules ------------------------------------------------------------------------------------

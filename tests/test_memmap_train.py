@@ -12,13 +12,7 @@ from fusemix import train as train_cli
 from fusion import train as train_module
 from fusion.cache import MANIFEST, LatentRows, atomic_save_npy, load_latents, open_latents, shard_name, write_latents
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def split_into_shards(folder: Path, sizes: list[int]) -> None:

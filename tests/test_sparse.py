@@ -13,14 +13,7 @@ from fusion.errors import FusemixError
 from fusion.evaluate import evaluate, load_pairs
 from fusion.sparse import SparsePoolTower
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def sparse_adapters(**kw) -> FuseMixAdapters:

@@ -38,14 +38,7 @@ from generator import train_image_model as image_module  # noqa: E402
 from generator.train_image_model import ImageModelConfig, train_image_model  # noqa: E402
 from tests.interrupt import interrupt_after
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:
