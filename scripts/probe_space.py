@@ -24,8 +24,8 @@ from fusion.cache import atomic_write_json, load_latents
 from fusion.probes import linear_probe
 
 
-def clips(cache: str, manifest: str, limit: int | None) -> tuple[np.ndarray, list[dict]]:
-    """A cache's rows (first ``limit``) and the scene of each, matched by clip id."""
+def clips(cache: str, manifest: str, limit: int | None) -> tuple[np.ndarray, list[dict], dict]:
+    """A cache's rows (first ``limit``), the scene of each (matched by clip id), and the cache's metadata."""
     latents = load_latents(Path(cache))
     scenes = {}
     for line in Path(manifest).read_text().splitlines():
@@ -33,7 +33,7 @@ def clips(cache: str, manifest: str, limit: int | None) -> tuple[np.ndarray, lis
             item = json.loads(line)
             scenes[item["id"]] = item["scene"]
     rows = np.asarray(latents.array[:limit], np.float32)
-    return rows, [scenes[c] for c in latents.clip_ids[: len(rows)]]
+    return rows, [scenes[c] for c in latents.clip_ids[: len(rows)]], latents.meta
 
 
 def views(model: FuseMixAdapters, rows: np.ndarray, encoder: str) -> dict[str, np.ndarray]:
@@ -58,9 +58,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     a = p.parse_args()
     model = FuseMixAdapters.from_pretrained(a.adapters).eval()
-    encoder = load_latents(Path(a.train[0])).meta.get("encoder", "")
-    train_rows, train_scenes = clips(*a.train, a.limit)
-    test_rows, test_scenes = clips(*a.test, None)
+    train_rows, train_scenes, meta = clips(*a.train, a.limit)
+    test_rows, test_scenes, _ = clips(*a.test, None)
+    encoder = meta.get("encoder", "")
     train_views, test_views = views(model, train_rows, encoder), views(model, test_rows, encoder)
     results = {}
     print(f"{'representation':<34}" + "".join(f"{k:>12}" for k in ATTRIBUTES))
