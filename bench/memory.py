@@ -12,9 +12,11 @@ it next to the model's parameter + optimizer bytes and the activation estimate.
 
 ``--caches`` measures instead a whole training run (``fusion.train.train``, one epoch) against the cache's size:
 1x, 4x, 16x a fixed number of clips, for pooled latents (clips, dim) and token latents (clips, K, dim), each run in
-a fresh process. ``mmap`` is the trainer's path (shards memory-mapped, batches gathered by index, pages released
-after each gather); ``in-RAM`` reads the shards into memory first (``load_train_data(cfg, mmap=False)``), for
-contrast. Peak RSS is the process's highest resident set (``ru_maxrss``), imports included.
+a fresh process. ``mmap`` is the trainer's path (shards opened memory-mapped, each batch's rows read by file
+offset, see ``fusion.cache.LatentRows``); ``in-RAM`` reads the shards into memory first
+(``load_train_data(cfg, mmap=False)``), for contrast. Peak RSS is the process's highest resident set
+(``ru_maxrss``), imports included. A verdict line per latent kind and path says whether peak RSS stays flat
+(within 10 %) from the smallest to the largest cache.
 
     .venv/bin/python bench/memory.py --caches                 # 4,096 clips x 1, 4, 16
     .venv/bin/python bench/memory.py --caches --base-clips 2048 --scales 1,4,16
@@ -73,34 +75,32 @@ def one_step(dim: int, batch: int, blocks: int) -> dict:
 SHARD_ROWS = 4096  # rows per shard of the synthetic caches (a 16x cache has many shards, as extraction leaves)
 
 
-def write_sharded(folder: Path, array, ids: list[str], clip_ids: list[str], modality: str) -> Path:
-    """A cache of several shards, the layout ``fusemix extract`` writes."""
+def write_sharded(folder: Path, row_shape: tuple[int, ...], ids: list[str], clip_ids: list[str], modality: str) -> Path:
+    """A cache of several shards of random float32 rows, the layout ``fusemix extract`` writes; one shard in
+    memory at a time, so a 16x cache costs this process no more than a 1x one."""
+    import numpy as np
+
     from fusion.cache import MANIFEST, atomic_save_npy, atomic_write_json, shard_name
 
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
-    for i, lo in enumerate(range(0, len(array), SHARD_ROWS)):
-        part = array[lo : lo + SHARD_ROWS]
+    for i, lo in enumerate(range(0, len(ids), SHARD_ROWS)):
+        rng = np.random.default_rng([len(ids), i, int(modality == "audio")])
+        part = rng.standard_normal((min(SHARD_ROWS, len(ids) - lo), *row_shape), dtype=np.float32)
         atomic_save_npy(folder / shard_name(i), part)
         shards.append({"file": shard_name(i), "count": len(part)})
-    manifest = {"modality": modality, "encoder": "synthetic", "dim": int(array.shape[-1]), "dtype": str(array.dtype)}
+    manifest = {"modality": modality, "encoder": "synthetic", "dim": row_shape[-1], "dtype": "float32"}
     manifest.update(count=len(ids), ids=ids, clip_ids=clip_ids, shards=shards)
-    manifest["tokens"] = int(array.shape[1]) if array.ndim == 3 else None
+    manifest["tokens"] = row_shape[0] if len(row_shape) == 2 else None
     atomic_write_json(folder / MANIFEST, manifest)
     return folder
 
 
 def make_cache_pair(root: Path, clips: int, tokens: int, dim: int) -> tuple[Path, Path]:
     """Synthetic audio (pooled or ``tokens`` per clip) and caption (pooled) caches of ``clips`` clips."""
-    import numpy as np
-
-    rng = np.random.default_rng(clips)
-    shape = (clips, tokens, dim) if tokens else (clips, dim)
     ids = [f"clip-{i}" for i in range(clips)]
-    audio = write_sharded(root / "audio", rng.standard_normal(shape, dtype=np.float32), ids, ids, "audio")
-    text = write_sharded(
-        root / "text", rng.standard_normal((clips, dim), dtype=np.float32), [f"{c}#0" for c in ids], ids, "text"
-    )
+    audio = write_sharded(root / "audio", (tokens, dim) if tokens else (dim,), ids, ids, "audio")
+    text = write_sharded(root / "text", (dim,), [f"{c}#0" for c in ids], ids, "text")
     return audio, text
 
 
@@ -129,11 +129,29 @@ def one_run(audio: str, text: str, out: str, tokens: int, mode: str) -> dict:
     return {"start": start, "added": mem.bytes, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def cache_table(base_clips: int, scales: list[int], dim: int, tokens: int, modes: list[str]) -> str:
-    """Peak RSS of a training run against cache size, pooled and token latents, each run in a fresh process."""
+FLAT = 0.10  # peak RSS may grow this much from the smallest to the largest cache and still count as flat
+
+
+def flat_verdicts(peaks: dict[tuple[str, str], list[tuple[int, int]]]) -> list[str]:
+    """One line per (latents, path): peak RSS growth from the smallest to the largest cache, flat or not."""
+    lines = []
+    for (kind, mode), runs in peaks.items():
+        (small, low), (large, high) = min(runs), max(runs)
+        growth = high / low - 1
+        verdict = "flat" if abs(growth) <= FLAT else "NOT flat"
+        lines.append(
+            f"{kind} {mode}: {mib(low)} -> {mib(high)} MiB from {small}x to {large}x ({growth:+.1%}): "
+            f"{verdict} (within {FLAT:.0%})"
+        )
+    return lines
+
+
+def cache_table(base_clips: int, scales: list[int], dim: int, tokens: int, modes: list[str]) -> tuple[str, list]:
+    """Peak RSS of a training run against cache size, pooled and token latents, each run in a fresh process; the
+    table and the verdict lines."""
     import tempfile
 
-    rows = []
+    rows, peaks = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for kind, k in (("pooled", 0), ("tokens", tokens)):
             for scale in scales:
@@ -149,10 +167,11 @@ def cache_table(base_clips: int, scales: list[int], dim: int, tokens: int, modes
                         raise RuntimeError(f"training probe {kind} x{scale} {mode} failed: {proc.stderr[-500:]}")
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                     rows.append([kind, f"{scale}x", clips, mib(size), mode, mib(r["maxrss"]), mib(r["added"])])
+                    peaks.setdefault((kind, mode), []).append((scale, r["maxrss"]))
                     print(f"  {kind} x{scale} {mode}: peak RSS {mib(r['maxrss'])} MiB (load avg {load_average()})")
                 shutil.rmtree(root)
     headers = ["latents", "cache", "clips", "cache MiB", "path", "peak RSS MiB", "added by train() MiB"]
-    return table(headers, rows)
+    return table(headers, rows), flat_verdicts(peaks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         if min(scales) < 1 or a.base_clips < 2048 or set(modes) - {"mmap", "in-RAM"}:
             raise ValueError("--scales must be >= 1, --base-clips >= 2048, --modes from mmap,in-RAM")
         print(machine_line())
-        rows = cache_table(a.base_clips, scales, a.cache_dim, a.tokens, modes)
+        rows, verdicts = cache_table(a.base_clips, scales, a.cache_dim, a.tokens, modes)
         print(f"\none epoch, batch 1024, 1 block, audio {a.cache_dim}-d pooled or {a.tokens} tokens x {a.cache_dim}\n")
         print(rows)
+        print()
+        print("\n".join(verdicts))
         print(f"\nload average at the end: {load_average()}")
         return 0
     if a.one:

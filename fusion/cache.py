@@ -204,10 +204,13 @@ def open_latents(folder: Path, mmap: bool = True) -> Latents:
 class LatentRows:
     """The rows of a cache's shards as one indexable sequence, without joining them: ``take(rows)`` gathers a batch.
 
-    Rows are read in sorted order (shard by shard, ascending: sequential pages) and put back in the order asked,
-    so the batch equals ``concatenate(shards)[rows]``. ``release()`` drops the mapped pages from the process (they
-    stay in the OS page cache): touched pages of a memory map otherwise count in the resident set until unmapped,
-    and an epoch touches them all.
+    Rows are read in sorted order (shard by shard, ascending) and put back in the order asked, so the batch equals
+    ``concatenate(shards)[rows]``. From a memory-mapped shard they are read with ``pread`` at their file offsets,
+    never through the mapping: a page fault on a file mapping maps its neighbours too (Linux "fault-around", 64 KiB
+    by default, regardless of ``MADV_RANDOM``), so indexing 1,024 random rows of a mapped shard put up to 64 MiB of
+    it in the resident set per batch, which grew with the cache (``bench/memory.py --caches``). Read by offset,
+    the process holds the batch only; the file's pages stay in the OS page cache. ``release()`` still drops the
+    pages of anyone who indexes ``shards`` directly.
     """
 
     def __init__(self, shards: list[np.ndarray]) -> None:
@@ -236,7 +239,8 @@ class LatentRows:
         bounds = np.searchsorted(ascending, self.offsets)
         for shard, offset, lo, hi in zip(self.shards, self.offsets, bounds[:-1], bounds[1:], strict=False):
             if hi > lo:
-                out[order[lo:hi]] = shard[ascending[lo:hi] - offset]
+                local = ascending[lo:hi] - offset
+                out[order[lo:hi]] = _pread_rows(shard, local) if _on_disk(shard) else shard[local]
         return out
 
     def release(self) -> None:
@@ -245,6 +249,42 @@ class LatentRows:
             mapping = getattr(shard, "_mmap", None)
             if mapping is not None and hasattr(mapping, "madvise"):
                 mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _on_disk(shard: np.ndarray) -> bool:
+    """Whether ``shard`` is a whole C-ordered ``.npy`` mapping (``np.load(mmap_mode=...)``), readable by offset."""
+    return (
+        hasattr(os, "preadv")  # POSIX; elsewhere the mapping is indexed
+        and isinstance(shard, np.memmap)
+        and isinstance(shard.base, mmap.mmap)  # the mapping itself, not a view into it
+        and shard.flags.c_contiguous
+        and bool(shard.filename)
+    )
+
+
+def _pread_rows(shard: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """``shard[rows]`` for ascending ``rows`` (repeats allowed), read from its file with ``pread``: one read per run
+    of consecutive rows, into a fresh array, so no page of the mapping becomes resident."""
+    first = np.concatenate([[True], rows[1:] != rows[:-1]])
+    unique = rows[first]
+    buf = np.empty((len(unique), *shard.shape[1:]), dtype=shard.dtype)
+    row_bytes = shard.dtype.itemsize * int(np.prod(shard.shape[1:], dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+    starts, ends = np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(unique)]]).tolist()
+    view = memoryview(buf).cast("B")
+    with open(shard.filename, "rb", buffering=0) as f:
+        for lo, hi in zip(starts, ends, strict=True):
+            _pread_into(f.fileno(), view[lo * row_bytes : hi * row_bytes], shard.offset + int(unique[lo]) * row_bytes)
+    return buf if len(unique) == len(rows) else buf[np.cumsum(first) - 1]
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from ``fd`` at ``offset`` (pread may return less than asked for large reads)."""
+    while len(view):
+        n = os.preadv(fd, [view], offset)
+        if n <= 0:
+            raise CheckpointError(f"latent shard ended early at byte {offset} (truncated?)")
+        view, offset = view[n:], offset + n
 
 
 def concat_latents(sources: list[tuple[str, Path]], out: Path) -> Path:

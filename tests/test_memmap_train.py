@@ -90,3 +90,38 @@ def test_memmap_training_equals_in_memory_training(tmp_path, monkeypatch, tokens
     for key, value in in_memory[0].items():
         assert torch.equal(mapped[0][key], value), key
         assert torch.equal(one_shard[0][key], value), key
+
+
+def mapped_kib(path: Path) -> int | None:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps); None where unavailable."""
+    smaps = Path("/proc/self/smaps")
+    if not smaps.is_file():
+        return None
+    total, inside = 0, False
+    for line in smaps.read_text().splitlines():
+        fields = line.split()
+        if (
+            fields and "-" in fields[0] and len(fields) >= 5
+        ):  # a mapping's header line: addresses perms offset dev inode [path]
+            inside = len(fields) == 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def test_take_reads_rows_without_making_the_shard_resident(tmp_path):
+    """Random rows of a mapped shard are read by offset: none of its pages join the resident set (indexing the
+    mapping instead maps whole 64 KiB neighbourhoods per row, i.e. most of the shard per batch)."""
+    rng = np.random.default_rng(3)
+    array = rng.standard_normal((4096, 2, 64)).astype(np.float16)
+    folder = write_latents(tmp_path / "c", array, [str(i) for i in range(4096)], [str(i) for i in range(4096)], {})
+    rows = open_latents(folder).array
+    shard = folder / shard_name(0)
+    if mapped_kib(shard) is None:
+        pytest.skip("needs /proc/self/smaps")
+    picked = rng.integers(0, 4096, size=512)
+    np.testing.assert_array_equal(rows.take(picked), array[picked].astype(np.float32))
+    np.testing.assert_array_equal(rows.take(picked, dtype=np.float16), array[picked])
+    assert mapped_kib(shard) == 0
+    rows.shards[0][picked]  # the mapping itself, indexed directly, does become resident: the probe sees pages
+    assert mapped_kib(shard) > 0
