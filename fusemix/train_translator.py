@@ -4,6 +4,15 @@
         --out runs/translator                                   # demo image model (MiniLM token states)
     fusemix train-translator --kind stable-diffusion --image-model path/to/sd15 --adapters ... --text-latents ... --out ...
     fusemix train-translator ... --out runs/translator --resume   # continue after an interruption
+    fusemix train-translator ... --objective both --audio-latents latents/audio_train   # distil through the
+                                    # frozen image model, and train on where the paired audio clips land too
+
+Real Stable Diffusion weights (--kind stable-diffusion): this machine is offline, so download an SD-family
+pipeline in diffusers layout (unet/, vae/, scheduler/, text_encoder/, tokenizer/, model_index.json, safetensors)
+where there is a network, e.g. `hf download stable-diffusion-v1-5/stable-diffusion-v1-5`, and pass its folder to
+--image-model; extract the captions with the adapters' text encoder. Distillation runs the UNet twice per row and
+step (and, with --distill-images generate, draws every caption once with --distill-steps steps): use a GPU
+(--device cuda) for real weights.
 
 OUT is rewritten atomically after every epoch; an existing OUT is only continued (--resume), never overwritten.
 """
@@ -15,18 +24,51 @@ from dataclasses import fields
 
 from fusion.errors import InputError
 from generator.image_text import KINDS
-from generator.train_translator import TranslatorConfig, train_translator
+from generator.train_translator import TranslatorConfig, check_config, train_translator
+from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES
 
 
 def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
     """The run's configuration, and whether to resume it."""
     d = TranslatorConfig(adapters="", text_latents="", out="")
-    p = argparse.ArgumentParser(prog="fusemix train-translator", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="fusemix train-translator",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--adapters", required=True, help="FuseMix adapters folder (fusemix train's OUT/checkpoint)")
     p.add_argument("--text-latents", required=True, help="caption latent cache from fusemix extract")
     p.add_argument("--out", required=True, help="translator folder to write")
     p.add_argument("--kind", choices=KINDS, default=d.kind, help="image model kind (default: %(default)s)")
-    p.add_argument("--image-model", default=None, help="SD-family pipeline folder or id (kind stable-diffusion)")
+    p.add_argument(
+        "--image-model",
+        default=None,
+        help="SD-family pipeline folder or id (kind stable-diffusion; see below for real weights); for kind demo "
+        "with distillation, the demo pipeline folder (default: the shipped checkpoints/demo/image_model)",
+    )
+    p.add_argument(
+        "--audio-latents",
+        default=None,
+        help="audio latent cache paired by clip id with --text-latents (the adapters' audio encoder): also train "
+        "on where the clips land in S, with their captions' targets (default: captions only)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=d.objective,
+        help="mse: regress the image model's text encoding; distill: match the frozen denoiser's predictions "
+        "under it; both: mse + --distill-weight x distill (default: %(default)s)",
+    )
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="weight of distill in 'both'")
+    p.add_argument(
+        "--distill-images",
+        choices=DISTILL_IMAGES,
+        default=d.distill_images,
+        help="images of a caption for distillation: render (the demo world's scene), generate (drawn once by the "
+        "image model), auto (render for demo, generate for stable-diffusion)",
+    )
+    p.add_argument("--distill-steps", type=int, default=d.distill_steps, help="steps per image drawn (generate)")
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "noise", "dropout"):
@@ -39,7 +81,9 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         raise InputError("--kind stable-diffusion needs --image-model (pipeline folder or hub id)")
     if a.epochs < 1 or a.batch_size < 1 or a.noise < 0:
         raise InputError("--epochs and --batch-size must be >= 1 and --noise >= 0")
-    return TranslatorConfig(**{f.name: getattr(a, f.name) for f in fields(TranslatorConfig)}), a.resume
+    cfg = TranslatorConfig(**{f.name: getattr(a, f.name) for f in fields(TranslatorConfig)})
+    check_config(cfg)
+    return cfg, a.resume
 
 
 def parse_config(argv: list[str] | None) -> TranslatorConfig:

@@ -177,14 +177,16 @@ def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
 
 
 def _train_translator(recipe: DemoRecipe, layout: Layout) -> None:
-    from generator.train_translator import checkpoint_manager, train_translator
+    from generator.train_translator import ADDED_DEFAULTS, checkpoint_manager, train_translator
 
     cfg = translator_config(recipe, layout)
 
     def fit() -> None:
         train_translator(cfg, resume=checkpoint_manager(cfg).latest() is not None)
 
-    run_step(layout, "translator", _settings(cfg), fit, [layout.translator])
+    # fields added later are recorded only when set otherwise, so steps finished before they existed still match
+    settings = {k: v for k, v in _settings(cfg).items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
+    run_step(layout, "translator", settings, fit, [layout.translator])
 
 
 def _train_image_model(recipe: DemoRecipe, layout: Layout) -> None:

@@ -1,7 +1,13 @@
-"""Train the translator on captions alone: text latent -> text adapter -> S (+ noise) -> image-model conditioning.
+"""Train the translator: a point of S -> the image model's conditioning.
 
-The Gaussian noise on the inputs (TR0N's trick) makes the translator tolerant of the gap between where audio
-and text land in S, so audio steers the image model although no audio is seen here.
+Inputs are the captions' points (text latent -> text adapter -> S, + Gaussian noise) and, with ``audio_latents``,
+the points of the audio clips paired with them (audio adapter -> S, clean): where audio really lands. The target
+of a row is the image model's own encoding e(c) of its caption. The noise (TR0N's trick) makes the translator
+tolerant of the gap between where audio and text land in S, also when no audio is given ("captions only").
+
+``objective``: ``mse`` regresses e(c); ``distill`` makes the frozen image model denoise alike under the
+translator's conditioning and under e(c) (``generator.translator_distill``); ``both`` adds the two
+(``mse + distill_weight * distill``).
 
 The output folder is the translator (``config.json`` + weights, ``translator_config.json``) and its checkpoint
 (``fusion.training.CheckpointManager``: ``optimizer.safetensors``, ``trainer_state.json``, ``train_config.json``),
@@ -12,11 +18,13 @@ the uninterrupted run would have done.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -24,22 +32,29 @@ from tqdm.auto import tqdm
 from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
 from fusion.crash import maybe_crash
-from fusion.errors import FusemixError
+from fusion.errors import FusemixError, InputError
+from fusion.pairs import pair_by_clip
 from fusion.training import (
     Checkpoint,
     CheckpointManager,
     WarmupCosine,
+    numpy_generator,
     reseed_global,
     restore_optimizer,
     torch_generator,
 )
 from generator.image_text import image_text_encoder
 from generator.translator import Translator
+from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES, Distiller, build_distiller
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "translator_config.json"  # the configuration, the number of captions and (at the end) the fit
 RESUMABLE_CHANGES = frozenset({"out", "progress", "device"})  # fields a resumed run may set differently
+# values of fields added after checkpoints were first written: what those runs did
+ADDED_DEFAULTS = {"objective": "mse", "distill_weight": 1.0, "distill_images": "auto", "distill_steps": 20}
+ADDED_DEFAULTS["audio_latents"] = None
+CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
 @dataclass
@@ -48,7 +63,13 @@ class TranslatorConfig:
     text_latents: str  # caption latent cache (fusemix extract with the adapters' text encoder); holds the texts
     out: str  # translator folder to write
     kind: str = "demo"  # image model kind: "demo" or "stable-diffusion"
-    image_model: str | None = None  # SD pipeline folder or id (its CLIP text encoder gives the targets)
+    image_model: str | None = None  # SD pipeline folder or id (its CLIP text encoder gives the targets); demo
+    # pipeline folder for distillation (None: the shipped checkpoints/demo/image_model)
+    audio_latents: str | None = None  # audio cache paired by clip id with text_latents; None: captions only
+    objective: str = "mse"  # "mse" (to e(c)), "distill" (through the frozen denoiser) or "both"
+    distill_weight: float = 1.0  # weight of the distillation term in "both"
+    distill_images: str = "auto"  # images of a caption: "render" (demo-world scene), "generate" (drawn once), "auto"
+    distill_steps: int = 20  # inference steps of each image drawn with distill_images "generate"
     epochs: int = 60  # passes over the captions
     batch_size: int = 256
     lr: float = 1e-3  # AdamW, cosine decay to lr/100
@@ -71,45 +92,86 @@ def noisy(points: torch.Tensor, std: float, generator: torch.Generator) -> torch
 
 @dataclass
 class _Data:
-    """Each unique caption's point in S (inputs) and the image model's encoding of it (targets)."""
+    """Training rows (each unique caption, then each paired audio clip) and the image model's caption encodings."""
 
     texts: list[str]
-    points: torch.Tensor  # (captions, shared dim)
+    points: torch.Tensor  # (rows, shared dim): the captions' points, then the audio clips' points
     targets: torch.Tensor  # (captions, tokens, token dim)
     negative: torch.Tensor  # (1, tokens, token dim) the empty prompt's encoding
+    row_caption: torch.Tensor  # (rows,) the caption whose encoding is each row's target
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.points)
+
+    @property
+    def caption_points(self) -> torch.Tensor:
+        return self.points[: len(self.texts)]
 
 
 def checkpoint_manager(cfg: TranslatorConfig) -> CheckpointManager:
     """The translator folder is its own checkpoint; a resumed run may change only ``RESUMABLE_CHANGES``."""
-    return CheckpointManager(Path(cfg.out), asdict(cfg), may_change=RESUMABLE_CHANGES)
+    return CheckpointManager(Path(cfg.out), asdict(cfg), may_change=RESUMABLE_CHANGES, defaults=ADDED_DEFAULTS)
+
+
+def check_config(cfg: TranslatorConfig) -> None:
+    """One clear line for a value or combination the trainer cannot use."""
+    if cfg.objective not in OBJECTIVES:
+        raise InputError(f"--objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
+    if cfg.distill_images not in DISTILL_IMAGES:
+        raise InputError(f"--distill-images must be one of {DISTILL_IMAGES}, got {cfg.distill_images!r}")
+    if cfg.distill_weight < 0 or cfg.distill_steps < 1:
+        raise InputError("--distill-weight must be >= 0 and --distill-steps >= 1")
+    if cfg.objective == "mse" and cfg.distill_images != "auto":
+        raise InputError("--distill-images needs --objective distill or both (mse does not use images)")
 
 
 def train_translator(cfg: TranslatorConfig, resume: bool = False) -> Path:
     """Train (or, with ``resume``, continue) and return the translator folder; an existing one needs ``resume``."""
+    check_config(cfg)
     manager = checkpoint_manager(cfg)
     resumed = manager.start(resume)
     data = _load_data(cfg)
     model, opt, state = _build(cfg, data, resumed)
-    steps_per_epoch = math.ceil(len(data.texts) / cfg.batch_size)
+    distiller = _distiller(cfg, data, resumed)
+    steps_per_epoch = math.ceil(data.num_rows / cfg.batch_size)
     schedule = WarmupCosine(cfg.lr, cfg.epochs * steps_per_epoch, 0, cfg.lr * 0.01)
     if state["epoch"] >= cfg.epochs:
         logger.info("%s already trained for %d epochs; nothing to do", cfg.out, state["epoch"])
         return manager.folder
+    if distiller is not None and "distill_error_start" not in state:
+        state["distill_error_start"] = distiller.error(model, data.caption_points, cfg.seed)
     scale = data.targets.pow(2).mean().item()  # report loss relative to the targets' power
-    report = {**asdict(cfg), "num_captions": len(data.texts)}
+    report = {**asdict(cfg), "num_captions": len(data.texts), "num_rows": data.num_rows}
+    extra = {CACHED_IMAGES: distiller.cached} if distiller is not None and distiller.cached is not None else None
     bar = tqdm(range(state["epoch"], cfg.epochs), disable=not cfg.progress, desc="translator", unit="epoch")
     for epoch in bar:
-        loss = _run_epoch(cfg, model, opt, schedule, data, epoch)
-        bar.set_postfix(rel_mse=f"{loss / scale:.4f}")
-        state["history"].append({"epoch": epoch + 1, "relative_mse": loss / scale})
+        losses = _run_epoch(cfg, model, opt, schedule, data, epoch, distiller)
+        entry = {"epoch": epoch + 1, "relative_mse": losses["mse"] / scale}
+        if distiller is not None:
+            entry["distill"] = losses["distill"]
+        bar.set_postfix({k: f"{v:.4f}" for k, v in entry.items() if k != "epoch"})
+        state["history"].append(entry)
         state.update(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch)
         if epoch + 1 == cfg.epochs:
-            report["relative_mse"] = _clean_error(model, data) / scale
-            logger.info(
-                "translator: relative MSE %.4f on %d training captions", report["relative_mse"], len(data.texts)
-            )
-        manager.save(state, optimizer=opt, model=model, files={REPORT_FILE: report})
+            report.update(_final_report(cfg, model, data, distiller, scale, state))
+        manager.save(state, optimizer=opt, model=model, extra=extra, files={REPORT_FILE: report})
     return manager.folder
+
+
+def _final_report(cfg, model: Translator, data: _Data, distiller: Distiller | None, scale: float, state: dict):
+    """The fit at the end of the run: relative MSE on the captions (and audio rows), distillation error."""
+    out = {"relative_mse": _clean_error(model, data.caption_points, data.targets) / scale}
+    if data.num_rows > len(data.texts):
+        audio = data.points[len(data.texts) :], data.targets[data.row_caption[len(data.texts) :]]
+        out["relative_mse_audio"] = _clean_error(model, *audio) / scale
+    logger.info("translator: relative MSE %.4f on %d training captions", out["relative_mse"], len(data.texts))
+    if distiller is not None:
+        out["distill_error_start"] = state["distill_error_start"]
+        out["distill_error"] = distiller.error(model, data.caption_points, cfg.seed)
+        logger.info("translator: distillation error %.5f (%.5f at the start)", out["distill_error"],
+                    out["distill_error_start"])  # fmt: skip
+    return out
 
 
 def _load_data(cfg: TranslatorConfig) -> _Data:
@@ -125,12 +187,74 @@ def _load_data(cfg: TranslatorConfig) -> _Data:
     texts = list(dict.fromkeys(cache.texts))  # unique captions, first-seen order
     first = {t: i for i, t in reversed(list(enumerate(cache.texts)))}
     latents = torch.from_numpy(cache.array[[first[t] for t in texts]].astype("float32"))
-    points = adapters.embed("text", latents)
+    points = adapters.embed("text", latents).detach()
+    row_caption = torch.arange(len(texts))
+    if cfg.audio_latents:
+        audio_points, audio_captions = _audio_rows(cfg, adapters, cache, {t: i for i, t in enumerate(texts)})
+        points, row_caption = torch.cat([points, audio_points]), torch.cat([row_caption, audio_captions])
     logger.info("encoding %d captions with the image model's text encoder", len(texts))
     encode = image_text_encoder(cfg.kind, cfg.image_model, cfg.device)
     targets = encode(texts).cpu()
     negative = encode([""]).cpu()
-    return _Data(texts, points.detach(), targets, negative)
+    return _Data(texts, points, targets, negative, row_caption)
+
+
+def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int]):
+    """One row per (clip, caption) pair of the audio cache and the text cache: the clip's point in S (through
+    the adapters' audio tower) and the index of the caption whose encoding is its target."""
+    audio = load_latents(Path(cfg.audio_latents), mmap=True)
+    _check_audio_cache(cfg, adapters, audio)
+    pairing = pair_by_clip(audio, text_cache, audio_name=cfg.audio_latents, text_name=cfg.text_latents)
+    chunk = 1024
+    clip_points = torch.cat([
+        adapters.embed("audio", torch.from_numpy(np.asarray(audio.array[rows], dtype=np.float32)))
+        for rows in (pairing.audio_rows[i : i + chunk] for i in range(0, pairing.num_clips, chunk))
+    ])  # fmt: skip
+    captions = torch.tensor([caption_index[text_cache.texts[r]] for r in pairing.caption_rows])
+    logger.info("%d audio clips paired with %d captions", pairing.num_clips, pairing.num_captions)
+    return clip_points[torch.from_numpy(pairing.caption_clip)].detach(), captions
+
+
+def _check_audio_cache(cfg: TranslatorConfig, adapters: FuseMixAdapters, audio) -> None:
+    """One clear line when the audio cache is not what the adapters' audio tower was trained on."""
+    want_dim, tokens = int(adapters.config.audio_dim), adapters.tokens_for("audio")
+    shape = tuple(audio.array.shape)
+    if shape[-1] != want_dim:
+        raise InputError(
+            f"--audio-latents {cfg.audio_latents}: dim {shape[-1]}, the adapters' audio tower takes {want_dim}"
+        )
+    if (len(shape) == 3) != (tokens is not None) or (tokens is not None and shape[1] != tokens):
+        want = f"token latents (extract --tokens {tokens})" if tokens else "pooled audio latents"
+        raise InputError(
+            f"--audio-latents {cfg.audio_latents} has shape {shape}; the adapters' audio tower takes {want}"
+        )
+    trained = _trained_audio_encoder(Path(cfg.adapters))
+    given = audio.meta.get("encoder")
+    if trained and given and trained != given:
+        raise InputError(
+            f"--audio-latents {cfg.audio_latents} comes from encoder {given!r}; the adapters were trained on {trained!r}"
+        )
+
+
+def _trained_audio_encoder(adapters: Path) -> str | None:
+    """The audio encoder the adapters were trained on, when their training record still points at its cache."""
+    try:
+        record = json.loads((adapters / "train_config.json").read_text())
+        manifest = json.loads((Path(record["audio_latents"]) / "manifest.json").read_text())
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return manifest.get("encoder")
+
+
+def _distiller(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None) -> Distiller | None:
+    """The distillation loss of the run (None for the mse objective); drawn images come back from a checkpoint."""
+    if cfg.objective == "mse":
+        return None
+    cached = resumed.extra.get(CACHED_IMAGES) if resumed is not None else None
+    return build_distiller(
+        cfg.kind, cfg.image_model, cfg.distill_images, data.texts, data.targets, data.negative, cfg.seed,
+        cfg.distill_steps, cfg.device, cached,
+    )  # fmt: skip
 
 
 def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
@@ -154,29 +278,45 @@ def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
     return model, opt, state
 
 
-def _run_epoch(cfg: TranslatorConfig, model: Translator, opt, schedule: WarmupCosine, data: _Data, epoch: int) -> float:
-    """One pass over the captions in the order and with the noise of (seed, epoch); returns the mean loss."""
+def _run_epoch(
+    cfg: TranslatorConfig, model: Translator, opt, schedule: WarmupCosine, data: _Data, epoch: int,
+    distiller: Distiller | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """One pass over the rows in the order and with the noise of (seed, epoch); returns the mean losses.
+
+    Order and input noise come from one stream, the distillation's timesteps, noise and render jitter from
+    others: the mse objective draws exactly what it drew before distillation existed.
+    """
     gen = torch_generator(cfg.seed, "epoch", epoch)
     reseed_global(cfg.seed, "dropout", epoch)
-    steps_per_epoch = math.ceil(len(data.texts) / cfg.batch_size)
-    order = torch.randperm(len(data.texts), generator=gen)
+    dgen, rng = torch_generator(cfg.seed, "distill", epoch), numpy_generator(cfg.seed, "render", epoch)
+    steps_per_epoch = math.ceil(data.num_rows / cfg.batch_size)
+    order = torch.randperm(data.num_rows, generator=gen)
     model.train()
-    total = 0.0
+    totals = {"mse": 0.0, "distill": 0.0}
     for i in range(steps_per_epoch):
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        pred = model(noisy(data.points[idx], cfg.noise, gen))
-        loss = F.mse_loss(pred, data.targets[idx])
+        inputs = noisy(data.points[idx], cfg.noise, gen)
+        inputs = torch.where((idx >= len(data.texts))[:, None], data.points[idx], inputs)  # audio rows: as they land
+        captions = data.row_caption[idx]
+        pred = model(inputs)
+        mse = F.mse_loss(pred, data.targets[captions])
+        loss = mse
+        if distiller is not None:
+            distill = distiller.loss(pred, captions, dgen, rng)
+            loss = distill if cfg.objective == "distill" else mse + cfg.distill_weight * distill
+            totals["distill"] += distill.item() * len(idx)
         schedule.apply(opt, epoch * steps_per_epoch + i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         maybe_crash("translator.step")
-        total += loss.item() * len(idx)
-    return total / len(data.texts)
+        totals["mse"] += mse.item() * len(idx)
+    return {k: v / data.num_rows for k, v in totals.items()}
 
 
 @torch.no_grad()
-def _clean_error(model: Translator, data: _Data) -> float:
-    """Mean squared error on the captions without input noise or dropout."""
+def _clean_error(model: Translator, points: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean squared error without input noise or dropout."""
     model.eval()
-    return F.mse_loss(model(data.points), data.targets).item()
+    return F.mse_loss(model(points), targets).item()
