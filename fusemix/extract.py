@@ -8,6 +8,12 @@
 Re-running the same command resumes an interrupted run. Unreadable audio files are skipped and listed in
 OUT/failures.json (``--strict`` stops instead).
 
+Robustness to unseen voices and rooms: ``--augment K`` also encodes K augmented views of every clip (tempo, pitch,
+reverberation, noise at several SNRs, telephone/low-pass band; ``fusion.augment``) as extra rows ``<clip id>#aug<k>``;
+``fusemix train`` draws one row per clip per epoch, evaluation uses the clean rows. ``--augment-seed`` picks the views.
+
+    fusemix extract --encoder whisper-tiny.en --manifest data/train.jsonl --out latents/audio-aug --augment 4
+
 Several processes or machines, one folder (the merged cache equals a one-process run):
 
     torchrun --nproc_per_node 8 -m fusemix extract ... --device cuda          # one GPU per process
@@ -49,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-shards", type=int, default=1, help="split the work into N parts, e.g. a job array")
     parser.add_argument("--shard-index", type=int, default=0, help="the part this job encodes, 0..N-1 (default 0)")
     parser.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also encode K augmented views of each clip (audio encoders; rows <clip id>#aug1..K; default 0: none)",
+    )
+    parser.add_argument(
+        "--augment-seed", type=int, default=0, help="seed of the views: view k of a clip depends on it (default 0)"
+    )
+    parser.add_argument(
         "--finalize", action="store_true", help="only write OUT/manifest.json from the finished parts (needs --out)"
     )
     return parser
@@ -84,6 +100,8 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         workers=args.workers,
         num_shards=args.num_shards,
         shard_index=args.shard_index,
+        augment=args.augment,
+        augment_seed=args.augment_seed,
     )
 
 

@@ -15,7 +15,10 @@ Under a launcher, rank 0 writes the manifest after a barrier; across a job array
 are refused with one line. The merged cache equals a one-process run: same ids in the same order, same arrays.
 
 Items: an audio encoder gives one latent per clip (id = clip id); a text encoder gives one per caption
-(id = ``<clip id>#<k>``, with the clip id and the caption text kept alongside).
+(id = ``<clip id>#<k>``, with the clip id and the caption text kept alongside). With ``augment`` K > 0 (audio only)
+each clip's row is followed by K rows of augmented views (id = ``<clip id>#aug<k>``, k = 1..K, clip id = the
+clip's; ``fusion.augment``): a view is a function of (augment_seed, clip id, k), so resumed and split runs agree,
+and the fingerprint records K, the seed and the effects' recipe, so a run with other settings is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,8 @@ class ExtractConfig:
     workers: int = 2  # threads decoding audio while the encoder runs
     num_shards: int = 1  # parts the work is split into across jobs (a cluster job array); 1: not split
     shard_index: int = 0  # the part this job encodes, 0 <= shard_index < num_shards
+    augment: int = 0  # augmented views per clip besides the clean one (audio encoders only); 0: none
+    augment_seed: int = 0  # seeds the views: view k of a clip depends on (augment_seed, clip id, k) only
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class Item:
     clip_id: str
     audio: Path | None = None  # audio items
     text: str | None = None  # caption items
+    view: int = 0  # audio items: 0 the clip as it is, k >= 1 its k-th augmented view
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,9 @@ def extract(config: ExtractConfig) -> Path:
     clips = read_manifest(config.manifest, config.audio_dir)
     finished = _read_json(out / MANIFEST)
     if finished is not None:
-        expected = _fingerprint(config, finished.get("modality", ""), _items(clips, finished.get("modality", "")))
+        modality = finished.get("modality", "")
+        _check_augment(config, modality)
+        expected = _fingerprint(config, modality, _items(clips, modality, config.augment))
         _check_same_run(out, finished.get("fingerprint"), expected, "finished")
         log.info("%s already holds this extraction (%d items); nothing to do", out, finished["count"])
         remove_progress(out)  # left by a run killed right after writing the manifest
@@ -176,6 +185,18 @@ def _validate(config: ExtractConfig) -> None:
         raise InputError(f"shard_index must be in [0, num_shards={config.num_shards}), got {config.shard_index!r}")
     if config.max_seconds <= 0:
         raise InputError(f"max_seconds must be positive, got {config.max_seconds!r}")
+    if not isinstance(config.augment, int) or config.augment < 0:
+        raise InputError(f"augment must be a non-negative integer, got {config.augment!r}")
+    if not isinstance(config.augment_seed, int) or config.augment_seed < 0:
+        raise InputError(f"augment_seed must be a non-negative integer, got {config.augment_seed!r}")
+
+
+def _check_augment(config: ExtractConfig, modality: str) -> None:
+    """Views are of audio: a caption cache with --augment is a mistake, said before anything is written."""
+    if config.augment and modality == "text":
+        raise InputError(
+            f"--augment {config.augment}: encoder {config.encoder!r} encodes text; augmented views are for audio encoders"
+        )
 
 
 def _modality(encoder: Any) -> str:
@@ -189,9 +210,14 @@ def _modality(encoder: Any) -> str:
     return modality
 
 
-def _items(clips: list, modality: str) -> list[Item]:
+def _items(clips: list, modality: str, views: int = 0) -> list[Item]:
+    """What to encode, in cache row order: each clip then its ``views`` augmented views, or each caption."""
     if modality == "audio":
-        return [Item(clip.id, clip.id, audio=clip.audio) for clip in clips]
+        return [
+            Item(clip.id if k == 0 else f"{clip.id}#aug{k}", clip.id, audio=clip.audio, view=k)
+            for clip in clips
+            for k in range(views + 1)
+        ]
     if modality == "text":
         return [Item(f"{clip.id}#{k}", clip.id, text=c) for clip in clips for k, c in enumerate(clip.captions)]
     return []
@@ -214,8 +240,18 @@ def _fingerprint(config: ExtractConfig, modality: str, items: list[Item]) -> dic
         "tokens": config.tokens,
         "shard_size": config.shard_size,
         "max_seconds": config.max_seconds if modality == "audio" else None,
+        **_augment_fingerprint(config.augment, config.augment_seed),
         **_items_fingerprint(items),
     }
+
+
+def _augment_fingerprint(views: int, seed: int) -> dict:
+    """Present only with views, so caches written before --augment existed keep their fingerprint."""
+    if not views:
+        return {}
+    from fusion.augment import RECIPE
+
+    return {"augment": views, "augment_seed": seed, "augment_recipe": RECIPE}
 
 
 def _items_fingerprint(items: list[Item]) -> dict:
@@ -230,12 +266,18 @@ def _check_same_run(out: Path, found: dict | None, expected: dict, state: str) -
         return
     if not isinstance(found, dict):
         raise FusemixError(f"{out} holds a {state} latent cache not written by fusemix extract; use another --out")
-    names = {"items": "manifest items", "items_sha256": "manifest contents"}
+    names = {
+        "items": "manifest items",
+        "items_sha256": "manifest contents",
+        "augment": "--augment views",
+        "augment_seed": "--augment-seed",
+        "augment_recipe": "augmentation recipe",
+    }
     differs = [
         f"{names.get(key, key)} ({found.get(key)!r} there, {expected.get(key)!r} now)"
         if key != "items_sha256"
         else names[key]
-        for key in expected
+        for key in {**found, **expected}  # a key only one side has (e.g. augment) differs too
         if found.get(key) != expected.get(key)
     ]
     raise FusemixError(
@@ -290,29 +332,27 @@ def _batches(
         for batch in batches:
             yield batch, [item.text for item in batch]
         return
+    decode = partial(_decode, sample_rate=sample_rate, max_seconds=config.max_seconds, augment_seed=config.augment_seed)
     pending: list[Future] | None = None
     for i, batch in enumerate(batches):
-        current = (
-            pending
-            if pending is not None
-            else [pool.submit(_decode, item, sample_rate, config.max_seconds) for item in batch]
-        )
-        pending = (
-            [pool.submit(_decode, item, sample_rate, config.max_seconds) for item in batches[i + 1]]
-            if i + 1 < len(batches)
-            else None
-        )
+        current = pending if pending is not None else [pool.submit(decode, item) for item in batch]
+        pending = [pool.submit(decode, item) for item in batches[i + 1]] if i + 1 < len(batches) else None
         yield batch, [future.result() for future in current]
 
 
-def _decode(item: Item, sample_rate: int, max_seconds: float) -> np.ndarray | AudioError:
-    """Decode one clip for the encoder; a bad file becomes a value, not an exception, so the batch goes on."""
+def _decode(item: Item, sample_rate: int, max_seconds: float, augment_seed: int = 0) -> np.ndarray | AudioError:
+    """Decode one clip (and make its view) for the encoder; a bad file becomes a value, so the batch goes on."""
     if item.audio is None:
         return AudioError(f"clip {item.id}: the manifest gives no audio file")
     try:
-        return load_audio(item.audio, sample_rate, max_seconds=max_seconds)
+        audio = load_audio(item.audio, sample_rate, max_seconds=max_seconds)
     except AudioError as err:
         return err
+    if item.view == 0:
+        return audio
+    from fusion.augment import augment_view
+
+    return augment_view(audio, sample_rate, augment_seed, item.clip_id, item.view)
 
 
 def _encode_batch(encoder: Any, inputs: list[Any], tokens: int | None, first_id: str) -> np.ndarray:
@@ -336,7 +376,8 @@ def _check_unfinished(out: Path, config: ExtractConfig, clips: list, parts: dict
     for progress in parts.values():
         modality = progress.get("modality", "")
         if modality not in expected:
-            expected[modality] = _fingerprint(config, modality, _items(clips, modality))
+            _check_augment(config, modality)
+            expected[modality] = _fingerprint(config, modality, _items(clips, modality, config.augment))
         _check_same_run(out, progress.get("fingerprint"), expected[modality], "unfinished")
 
 
@@ -362,7 +403,8 @@ def _start_part(
 ) -> tuple[str, list[Item], dict]:
     """Check the items and this part against the others, then record (or re-record) this part's progress file."""
     modality = _modality(encoder)
-    items = _items(clips, modality)
+    _check_augment(config, modality)
+    items = _items(clips, modality, config.augment)
     if not items:
         raise FusemixError(f"manifest {config.manifest}: no {'audio' if modality == 'audio' else 'captions'} to encode")
     _check_unique_ids(config.manifest, items)
@@ -516,8 +558,9 @@ def finalize(
         raise FusemixError(f"{out}: the progress files do not say which manifest was encoded; pass --manifest")
     source = Path(manifest if manifest is not None else first["manifest"])
     folder = audio_dir if audio_dir is not None else first.get("audio_dir")
-    items = _items(read_manifest(source, Path(folder) if folder else None), first.get("modality", ""))
     found = first.get("fingerprint") or {}
+    clips = read_manifest(source, Path(folder) if folder else None)
+    items = _items(clips, first.get("modality", ""), found.get("augment", 0))
     _check_same_run(out, found, {**found, **_items_fingerprint(items)}, "unfinished")
     _finalize(out, parts, items, source, require=True)
     return out
@@ -593,6 +636,8 @@ def _write_manifest(
         "ids": ids,
         "clip_ids": clip_ids,
     }
+    if fingerprint.get("augment"):  # rows <clip id>#aug<k> follow each clip's own row
+        manifest["augment"] = {"views": fingerprint["augment"], "seed": fingerprint["augment_seed"]}
     if modality == "text":
         manifest["texts"] = texts
     atomic_write_json(out / MANIFEST, manifest)

@@ -165,15 +165,15 @@ class TrainData:
     The held-out pairs (``val``) are gathered once into memory.
     """
 
-    audio: LatentRows  # the whole audio cache; training clip c is row pairing.audio_rows[c]
+    audio: LatentRows  # the whole audio cache; training clip c is row pairing.audio_rows[c] (and its views)
     text: LatentRows  # the whole caption cache
     pairing: Pairing  # captions grouped by training clip
     val: EvalPairs | None
     hard: HardNegatives | None = None  # the captions' hard negatives (--hard-negatives)
 
-    def batch(self, clips: np.ndarray, captions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 audio rows of ``clips`` (training clip indices) and text rows ``captions``, in the order given."""
-        audio = torch.from_numpy(self.audio.take(self.pairing.audio_rows[clips]))
+    def batch(self, audio_rows: np.ndarray, captions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 audio cache rows ``audio_rows`` (``Pairing.sample_audio``) and text rows ``captions``, in order."""
+        audio = torch.from_numpy(self.audio.take(audio_rows))
         return audio, torch.from_numpy(self.text.take(captions))
 
     def release(self) -> None:
@@ -216,6 +216,7 @@ def _subset_pairing(pairing: Pairing, clips: np.ndarray) -> Pairing:
         caption_clip=np.repeat(np.arange(len(clips)), counts),
         starts=starts_new,
         counts=counts,
+        **pairing.views_of(clips),
     )
 
 
@@ -417,12 +418,14 @@ def _run_epoch(run: _Run, epoch: int, bar) -> dict:
     perm = torch.randperm(num_clips, generator=gen).numpy()
     u = torch.rand(num_clips, generator=gen, dtype=torch.float64).numpy()
     caption_rows = run.data.pairing.sample_captions(u=u)
+    # one audio row per clip (own or augmented view) from a stream of its own: order, captions and λ stay as without
+    audio_rows = run.data.pairing.sample_audio(numpy_generator(cfg.seed, "audio-view", epoch))
     run.model.train()
     steps = run.state["steps_per_epoch"]
     started, loss_sum = time.perf_counter(), torch.zeros((), device=run.accelerator.device)
     for i in range(steps):
         idx = perm[i * run.batch + rank * run.local : i * run.batch + (rank + 1) * run.local]
-        loss = _train_step(run, idx, caption_rows[idx], gen)
+        loss = _train_step(run, audio_rows[idx], caption_rows[idx], gen)
         maybe_crash("train.step")
         loss_sum += loss.detach()  # summed on the device: no host sync per step
         bar.update(1)
@@ -437,10 +440,10 @@ def _run_epoch(run: _Run, epoch: int, bar) -> dict:
     }
 
 
-def _train_step(run: _Run, clips: np.ndarray, captions: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+def _train_step(run: _Run, audio_rows: np.ndarray, captions: np.ndarray, gen: torch.Generator) -> torch.Tensor:
     """Mix this process's pairs, score them against the global batch, and take one optimizer step."""
     accelerator, device = run.accelerator, run.accelerator.device
-    audio, text = run.data.batch(clips, captions)
+    audio, text = run.data.batch(audio_rows, captions)
     run.data.release()  # the batch is copied out: its pages need not stay resident
     if device.type == "cuda":  # pinned, so the copies overlap the previous step's kernels
         audio, text = audio.pin_memory(), text.pin_memory()

@@ -50,6 +50,8 @@ class DemoRecipe:
     audio_tokens: int | None = 32  # tokens per clip in the audio cache (`extract --tokens`); None: pooled vectors
     text_tokens: int | None = 16  # token states per caption in the text cache; None: pooled vectors
     bank_scenes: int | None = None  # caption bank: all 448 scene combinations x training templates, or the first N
+    audio_augment: int = 0  # augmented views per training clip (`extract --augment K`; fusion.augment); 0: none
+    augment_seed: int = 0  # seeds the views (`extract --augment-seed`)
     hard_negatives: bool = False  # NegCLIP: each caption's colour-swapped version is an extra negative for its audio
     hard_negative_limit: int = 2  # swapped versions per caption, at most
     # -- FuseMix adapters (fusion.train.TrainConfig)
@@ -156,8 +158,9 @@ LOCKED_TEXT = replace(
 TINY = replace(
     DEFAULT,
     name="tiny",
-    audio_encoder="whisper-tiny.en-transcript",  # the tiny run exercises the transcript and hard-negative steps
+    audio_encoder="whisper-tiny.en-transcript",  # the tiny run exercises the transcript, hard-negative steps
     hard_negatives=True,
+    audio_augment=1,  # ... and augmented views
     world_size="small",
     extra_world_size="12",
     bank_scenes=4,

@@ -146,10 +146,15 @@ def _extract(recipe: DemoRecipe, layout: Layout, modality: str, manifest: Path, 
     encoder = recipe.audio_encoder if modality == "audio" else recipe.text_encoder
     tokens = recipe.audio_tokens if modality == "audio" else recipe.text_tokens
     out = layout.latents(modality, split)
+    # augmented views only for training clips: evaluation reads the clean rows anyway
+    augment = recipe.audio_augment if modality == "audio" and split.endswith("train") else 0
     cfg = ExtractConfig(
-        encoder=encoder, manifest=manifest, out=out, tokens=tokens, device=recipe.device, progress=False
-    )
+        encoder=encoder, manifest=manifest, out=out, tokens=tokens, device=recipe.device, progress=False,
+        augment=augment, augment_seed=recipe.augment_seed,
+    )  # fmt: skip
     settings = {"encoder": encoder, "manifest": manifest, "tokens": tokens}
+    if augment:  # recorded only when used, so steps finished before augmentation existed still match
+        settings.update(augment=augment, augment_seed=recipe.augment_seed)
     run_step(layout, f"extract_{modality}_{split}", settings, lambda: extract(cfg), [out])
 
 
