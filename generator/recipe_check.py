@@ -32,7 +32,19 @@ from generator.recipe import (
 
 INPUT_FIELDS = frozenset({"audio_latents", "text_latents", "hard_negatives", "adapters", "translator", "image_model"})
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
-RESULT_FIELDS = frozenset({"step", "loss", "num_captions", "relative_mse", "seconds"})
+RESULT_FIELDS = frozenset(
+    {
+        "step",
+        "loss",
+        "num_captions",
+        "num_rows",
+        "relative_mse",
+        "relative_mse_audio",
+        "distill_error",
+        "distill_error_start",
+        "seconds",
+    }
+)
 
 
 def check_preset(recipe: DemoRecipe, folder: str | Path) -> list[str]:
