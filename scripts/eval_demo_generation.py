@@ -56,7 +56,9 @@ class Split:
 
     def points(self, pipe: AudioToImagePipeline, batch: int) -> torch.Tensor:
         if id(pipe) not in self._points:
-            chunks = [pipe.embed_audio(pipe.load(self.paths()[i : i + batch])) for i in range(0, len(self.items), batch)]
+            chunks = [
+                pipe.embed_audio(pipe.load(self.paths()[i : i + batch])) for i in range(0, len(self.items), batch)
+            ]
             self._points[id(pipe)] = torch.cat(chunks)
         return self._points[id(pipe)]
 

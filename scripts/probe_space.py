@@ -66,8 +66,12 @@ def main() -> None:
     print(f"{'representation':<34}" + "".join(f"{k:>12}" for k in ATTRIBUTES))
     for name in train_views:
         results[name.strip()] = {
-            k: round(linear_probe(train_views[name], [s[k] for s in train_scenes],
-                                  test_views[name], [s[k] for s in test_scenes]), 3)  # fmt: skip
+            k: round(
+                linear_probe(
+                    train_views[name], [s[k] for s in train_scenes], test_views[name], [s[k] for s in test_scenes]
+                ),
+                3,
+            )  # fmt: skip
             for k in ATTRIBUTES
         }
         print(f"{name:<34}" + "".join(f"{results[name.strip()][k]:>12.3f}" for k in ATTRIBUTES))
