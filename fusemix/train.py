@@ -13,7 +13,8 @@
 The defaults are the demo recipe's (generator.recipe.DEFAULT). The towers follow the caches unless given: a token
 cache (`fusemix extract --tokens K`) gets a sparse tower keeping min(16, K) tokens, a pooled cache an MLP tower.
 The flags that matter most: --hard-negatives (binding colours to what they describe), --epochs for your data size
-(the recipe's 40 suit ~10k clips), and token caches on both sides (sparse towers keep which word goes with which).
+(the recipe's 40 suit ~10k clips), and token caches on both sides (sparse towers keep which word goes with which);
+on transcript caches keep every token (--keep K): keeping 16 of 32 dropped the background, said last (README).
 
 The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
 """
