@@ -151,9 +151,6 @@ class HardNegatives:
         latents[mask] = self.rows.take(index[mask])
         return torch.from_numpy(latents), torch.from_numpy(mask)
 
-    def release(self) -> None:
-        self.rows.release()
-
 
 def load_hard_negatives(
     folder: str | Path, text: Latents, limit: int, used_rows: np.ndarray, mmap: bool = True

@@ -73,10 +73,17 @@ class Pairing:
         ``Pairing``; empty without views."""
         if not self.has_views:
             return {}
-        counts = self.view_counts[clips]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        positions = np.repeat(self.view_starts[clips] - starts, counts) + np.arange(int(counts.sum()))
+        positions, starts, counts = regroup(self.view_starts, self.view_counts, clips)
         return {"view_rows": self.view_rows[positions], "view_starts": starts, "view_counts": counts}
+
+
+def regroup(starts: np.ndarray, counts: np.ndarray, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by clip (``starts``/``counts``) restricted to ``clips`` in that order: the positions of the kept
+    rows, and the new groups' starts and counts."""
+    counts = counts[clips]
+    new_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    positions = np.repeat(starts[clips] - new_starts, counts) + np.arange(int(counts.sum()))
+    return positions, new_starts, counts
 
 
 def pair_by_clip(audio: Latents, text: Latents, audio_name: str = "audio", text_name: str = "text") -> Pairing:

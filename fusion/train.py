@@ -38,7 +38,7 @@ from fusion.evaluate import EvalPairs, evaluate
 from fusion.hard_negatives import HardNegatives, encode_with_negatives, fusemix_mix_with_negatives, load_hard_negatives
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
-from fusion.pairs import Pairing, pair_by_clip
+from fusion.pairs import Pairing, pair_by_clip, regroup
 from fusion.training import (
     CONFIG_FILE,
     OPTIMIZER_FILE,
@@ -176,13 +176,6 @@ class TrainData:
         audio = torch.from_numpy(self.audio.take(audio_rows))
         return audio, torch.from_numpy(self.text.take(captions))
 
-    def release(self) -> None:
-        """Drop the pages read so far from the resident set (see ``LatentRows.release``)."""
-        self.audio.release()
-        self.text.release()
-        if self.hard is not None:
-            self.hard.release()
-
 
 def load_train_data(cfg: TrainConfig, mmap: bool = True) -> TrainData:
     """Open both caches (memory-mapped unless ``mmap`` is False), pair them by clip id, hold out ``val_fraction``."""
@@ -206,10 +199,7 @@ def load_train_data(cfg: TrainConfig, mmap: bool = True) -> TrainData:
 
 
 def _subset_pairing(pairing: Pairing, clips: np.ndarray) -> Pairing:
-    counts = pairing.counts[clips]
-    starts_new = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # positions in caption_rows of the chosen clips' captions, grouped by clip
-    positions = np.repeat(pairing.starts[clips] - starts_new, counts) + np.arange(int(counts.sum()))
+    positions, starts_new, counts = regroup(pairing.starts, pairing.counts, clips)  # the clips' captions
     return Pairing(
         audio_rows=pairing.audio_rows[clips],
         caption_rows=pairing.caption_rows[positions],
@@ -444,7 +434,6 @@ def _train_step(run: _Run, audio_rows: np.ndarray, captions: np.ndarray, gen: to
     """Mix this process's pairs, score them against the global batch, and take one optimizer step."""
     accelerator, device = run.accelerator, run.accelerator.device
     audio, text = run.data.batch(audio_rows, captions)
-    run.data.release()  # the batch is copied out: its pages need not stay resident
     if device.type == "cuda":  # pinned, so the copies overlap the previous step's kernels
         audio, text = audio.pin_memory(), text.pin_memory()
     audio, text = audio.to(device, non_blocking=True), text.to(device, non_blocking=True)

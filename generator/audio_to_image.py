@@ -76,18 +76,24 @@ def upscale(image: Image.Image, size: int = 256) -> Image.Image:
 
 def load_image_pipeline(preset: Preset, device: str):
     """The stock diffusers pipeline named by the preset (demo pipeline folder or any SD-family id/folder)."""
-    if preset.kind == "demo":
+    return load_pipeline(preset.kind, preset.image_model, device, where="give its folder in preset.json")
+
+
+def load_pipeline(kind: str, image_model, device: str, where: str = "pass its folder"):
+    """A demo pipeline folder or an SD-family id/folder, on ``device``; ``where`` tells an offline user where the
+    downloaded folder goes."""
+    if kind == "demo":
         from generator.demo_pipeline import load_demo_pipeline
 
-        return load_demo_pipeline(preset.image_model, device=device)
+        return load_demo_pipeline(image_model, device=device)
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(preset.image_model, use_safetensors=True)
+        pipe = DiffusionPipeline.from_pretrained(str(image_model), use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ModelUnavailableError(
-            f"cannot load image model {preset.image_model!r}: the machine is offline or the id is unknown "
-            "(download it where there is a network and give its folder in preset.json)"
+            f"cannot load image model {str(image_model)!r}: the machine is offline or the id is unknown "
+            f"(download it where there is a network and {where})"
         ) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from demoworld import scenes
-from fusion.errors import FusemixError, InputError, ModelUnavailableError
+from fusion.errors import FusemixError, InputError
 from fusion.training import torch_generator
 
 logger = logging.getLogger(__name__)
@@ -58,23 +58,14 @@ def load_denoiser(kind: str, image_model: str | None, device: str = "cpu") -> De
     """The image model of this kind (demo: ``image_model`` or the shipped one), frozen."""
     from diffusers import DDPMScheduler
 
-    if kind == "demo":
-        from generator.demo_pipeline import load_demo_pipeline
-        from generator.presets import CHECKPOINTS
+    from generator.audio_to_image import load_pipeline
+    from generator.presets import CHECKPOINTS
 
-        pipe = load_demo_pipeline(image_model or CHECKPOINTS / "demo" / "image_model", device=device)
+    if kind == "demo":
+        pipe = load_pipeline(kind, image_model or CHECKPOINTS / "demo" / "image_model", device)
         vae, resolution = None, int(pipe.unet.config.sample_size)
     else:
-        from diffusers import DiffusionPipeline
-
-        try:
-            pipe = DiffusionPipeline.from_pretrained(str(image_model), use_safetensors=True).to(device)
-        except (OSError, ValueError) as err:
-            raise ModelUnavailableError(
-                f"cannot load image model {image_model!r} for distillation: the machine is offline or the id is "
-                "unknown (download the pipeline where there is a network and pass its folder)"
-            ) from err
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(kind, image_model, device)
         vae = freeze(pipe.vae)
         resolution = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)  # training schedule: same betas and prediction
@@ -107,18 +98,14 @@ def draw_images(
         cond = targets[i : i + batch_size].to(den.device)
         gens = [torch_generator(seed, "distill-image", i + j) for j in range(len(cond))]
         neg = negative.to(den.device).expand(len(cond), -1, -1)
+        images = den.pipe(
+            prompt_embeds=cond, negative_prompt_embeds=neg, num_inference_steps=steps, generator=gens,
+            output_type="np" if den.vae is None else "latent",  # pixels for demo, latents for SD
+        ).images  # fmt: skip
         if den.vae is None:
-            images = den.pipe(
-                prompt_embeds=cond, negative_prompt_embeds=neg, num_inference_steps=steps, generator=gens,
-                output_type="np",
-            ).images  # fmt: skip
             out.append(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
         else:
-            latents = den.pipe(
-                prompt_embeds=cond, negative_prompt_embeds=neg, num_inference_steps=steps, generator=gens,
-                output_type="latent",
-            ).images  # fmt: skip
-            out.append(latents.float().cpu())
+            out.append(images.float().cpu())
     return torch.cat(out)
 
 
