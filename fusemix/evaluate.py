@@ -57,6 +57,8 @@ ARCH_KEYS = (
     "text_tokens",
     "text_keep",
     "token_blocks",
+    "audio_parts",
+    "audio_part_dropout",
 )
 
 

@@ -85,6 +85,22 @@ def add_tower_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
         help="sparse adapter: topk (scored selection) or slots (learned query slots)",
     )
     p.add_argument(
+        "--audio-parts",
+        type=int,
+        default=defaults.audio_parts,
+        help="sparse audio adapter: encoders side by side in each latent (2 for a concat:A+B cache of equal widths): "
+        "read as A's tokens, then B's",
+    )
+    p.add_argument(
+        "--audio-part-dropout",
+        type=float,
+        nargs="+",
+        default=defaults.audio_part_dropout,
+        metavar="P",
+        help="with --audio-parts: per part, the chance that training blanks it for an item (at most one part), "
+        "e.g. 0.4 0.2 so the transcript must carry a clip without Whisper's states",
+    )
+    p.add_argument(
         "--token-blocks",
         type=int,
         default=defaults.token_blocks,

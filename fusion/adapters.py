@@ -50,6 +50,8 @@ class TowerConfig:
     keep: int | None = None  # sparse: tokens kept of the K (keep = tokens keeps all); None for mlp
     token_blocks: int = 1  # sparse: transformer blocks over the kept tokens
     sparse_mode: str = "topk"  # sparse: "topk" (scored selection) or "slots" (learned query slots)
+    parts: int = 1  # sparse: encoders side by side in each latent (concat:A+B -> 2), laid out as parts x tokens
+    part_dropout: tuple[float, ...] = ()  # sparse, training: chance of blanking each part of an item (at most one)
 
     def check(self, modality: str, *, tokens_known: bool = True) -> None:
         """Every rule on a tower's arguments, in one place; ``tokens_known=False`` before K is read from a cache."""
@@ -64,7 +66,8 @@ class TowerConfig:
         if self.token_blocks < 1:
             fail(f"token_blocks must be >= 1, got {self.token_blocks}", "token_blocks")
         if self.kind == "mlp":
-            for field, value in (("keep", self.keep), ("tokens", self.tokens)):
+            parts = (self.parts, list(self.part_dropout)) if self.parts != 1 or self.part_dropout else None
+            for field, value in (("keep", self.keep), ("tokens", self.tokens), ("parts", parts)):
                 if value is not None:
                     fail(
                         f"{field} is only for kind 'sparse' (kind 'mlp' takes pooled latents), got {value}",
@@ -74,12 +77,23 @@ class TowerConfig:
             return
         if self.keep is None or self.keep < 1:
             fail(f"kind 'sparse' needs keep >= 1, got {self.keep}", "keep", "kind")
+        if self.parts < 1:
+            fail(f"parts must be >= 1, got {self.parts}", "parts")
+        if self.part_dropout and (
+            len(self.part_dropout) != self.parts or min(self.part_dropout) < 0 or sum(self.part_dropout) >= 1
+        ):
+            fail(
+                f"part_dropout needs one probability >= 0 per part ({self.parts}) summing below 1, "
+                f"got {list(self.part_dropout)}",
+                "part_dropout",
+            )
         if not tokens_known:
             return
         if self.tokens is None or self.tokens < 1:
             fail(f"kind 'sparse' needs tokens >= 1 (token latents per item), got {self.tokens}", "tokens", "kind")
-        if self.keep > self.tokens:
-            fail(f"keep must be in [1, tokens={self.tokens}], got {self.keep}", "keep")
+        if self.keep > self.tokens * self.parts:
+            most = f"tokens={self.tokens}" if self.parts == 1 else f"tokens x parts={self.tokens * self.parts}"
+            fail(f"keep must be in [1, {most}], got {self.keep}", "keep")
 
 
 # config.json keeps the flat names it has always had; which flat key holds each TowerConfig field of each tower
@@ -90,6 +104,8 @@ FLAT_KEYS = {
         "keep": "keep",
         "token_blocks": "token_blocks",
         "sparse_mode": "sparse_mode",
+        "parts": "audio_parts",
+        "part_dropout": "audio_part_dropout",
     },
     "text": {
         "kind": "text_adapter",
@@ -97,18 +113,23 @@ FLAT_KEYS = {
         "keep": "text_keep",
         "token_blocks": "token_blocks",
         "sparse_mode": "sparse_mode",
+        "parts": "text_parts",
+        "part_dropout": "text_part_dropout",
     },
 }
-SPARSE_ONLY = ("tokens", "keep", "token_blocks", "sparse_mode")  # fields an mlp tower does not use
+# fields an mlp tower does not use
+SPARSE_ONLY = ("tokens", "keep", "token_blocks", "sparse_mode", "parts", "part_dropout")
 
 
 def tower_configs(flat: Mapping[str, Any]) -> dict[str, TowerConfig]:
     """The towers described by flat config names (config.json, TrainConfig); absent keys take the defaults."""
     defaults = TowerConfig()
-    return {
-        modality: TowerConfig(**{f: flat.get(key, getattr(defaults, f)) for f, key in keys.items()})
-        for modality, keys in FLAT_KEYS.items()
-    }
+    towers = {}
+    for modality, keys in FLAT_KEYS.items():
+        fields = {f: flat.get(key, getattr(defaults, f)) for f, key in keys.items()}
+        fields["part_dropout"] = tuple(fields["part_dropout"] or ())  # a JSON list, or None from a TrainConfig
+        towers[modality] = TowerConfig(**fields)
+    return towers
 
 
 def flat_tower_args(towers: Mapping[str, TowerConfig]) -> dict[str, Any]:
@@ -118,7 +139,7 @@ def flat_tower_args(towers: Mapping[str, TowerConfig]) -> dict[str, Any]:
         tower = towers.get(modality, TowerConfig())
         tower.check(modality)
         for field, key in FLAT_KEYS[modality].items():
-            value = getattr(tower, field)
+            value = (list(tower.part_dropout) or None) if field == "part_dropout" else getattr(tower, field)
             if tower.kind == "mlp" and field in SPARSE_ONLY:
                 continue
             if key in flat and flat[key] != value:
@@ -150,9 +171,12 @@ def build_tower_for(
     if tower.kind == "mlp":  # pooled latents (B, D)
         return build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
     # token latents (B, K, D); see fusion.sparse
+    if in_dim % tower.parts:
+        raise ValueError(f"latent width {in_dim} does not split into {tower.parts} equal parts")
     return SparsePoolTower(
-        in_dim, out_dim, tower.tokens, tower.keep, tower.sparse_mode, num_blocks, expansion, dropout, tower.token_blocks
-    )
+        in_dim, out_dim, tower.tokens, tower.keep, tower.sparse_mode, num_blocks, expansion, dropout, tower.token_blocks,
+        tower.parts, tower.part_dropout,
+    )  # fmt: skip
 
 
 def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -> int:
@@ -176,7 +200,9 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
     ``audio_tokens`` tells the generator how many tokens to ask the audio encoder for (None: pooled).
     ``text_adapter="sparse"`` does the same for text (B, text_tokens, D) with ``text_keep``: token states keep
     which colour goes with which word, which a mean-pooled sentence vector blurs. ``token_blocks`` sets how many
-    transformer blocks a sparse tower runs over its kept tokens. ``from_towers`` builds one from typed configs.
+    transformer blocks a sparse tower runs over its kept tokens. ``audio_parts``/``audio_part_dropout`` (and the
+    text ones) read a ``concat:A+B`` cache as A's tokens then B's and blank one part now and then in training (see
+    fusion.sparse). ``from_towers`` builds one from typed configs.
     """
 
     @register_to_config
@@ -197,6 +223,10 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         text_tokens: int | None = None,
         text_keep: int | None = None,
         token_blocks: int = 1,
+        audio_parts: int = 1,
+        audio_part_dropout: list[float] | None = None,
+        text_parts: int = 1,
+        text_part_dropout: list[float] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
@@ -210,6 +240,8 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         self.register_to_config(shared_dim=shared)  # the resolved width, so config.json tells it plainly
         flat = dict(audio_adapter=audio_adapter, audio_tokens=audio_tokens, keep=keep, sparse_mode=sparse_mode)
         flat.update(text_adapter=text_adapter, text_tokens=text_tokens, text_keep=text_keep, token_blocks=token_blocks)
+        flat.update(audio_parts=audio_parts, audio_part_dropout=audio_part_dropout)
+        flat.update(text_parts=text_parts, text_part_dropout=text_part_dropout)
         self.tower_configs = tower_configs(flat)
         check_towers(self.tower_configs, lock_text)
         block_args = (num_blocks, expansion, dropout)

@@ -12,6 +12,12 @@ K tokens of a clip before anything costly runs on them, so its cost grows with `
 
 ``keep = K`` in ``topk`` mode keeps every token (gated, nothing dropped): the "no sparsification" control.
 
+``parts = P``: each latent holds P encoders' token states side by side (a ``concat:A+B`` cache, (K, P*D)); the
+tower lays them out as P*K tokens of width D (all of A's, then all of B's), so attention pairs a transcript word
+with any stretch of sound rather than with the one that happens to share its index. ``part_dropout`` (one
+probability per part, training only) blanks at most one part of an item, so each part must carry the item on its
+own: without it the adapters leaned on Whisper's states of the training voices and ignored the transcript (README).
+
     tower = SparsePoolTower(in_dim=384, out_dim=384, num_tokens=32, keep=4)
     tower(x)                                   # x: (B, 32, 384) -> (B, 384)
     tower.select(x)                            # kept tokens (B, 4, 384), indices (B, 4), gates (B, 4)
@@ -45,11 +51,17 @@ class SparsePoolTower(nn.Module):
         expansion: int = 4,
         dropout: float = 0.0,
         token_blocks: int = 1,
+        parts: int = 1,
+        part_dropout: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         # the arguments are checked once, with messages naming the modality, by fusion.adapters.TowerConfig.check
-        assert mode in SPARSE_MODES and 1 <= keep <= num_tokens and token_blocks >= 1, "see TowerConfig.check"
-        self.num_tokens, self.keep, self.mode = num_tokens, keep, mode
+        assert mode in SPARSE_MODES and 1 <= keep <= num_tokens * parts and token_blocks >= 1, "see TowerConfig.check"
+        assert in_dim % parts == 0 and len(part_dropout) in (0, parts), "see FuseMixAdapters"
+        self.num_tokens, self.keep, self.mode, self.parts = num_tokens, keep, mode, parts
+        self.part_dropout = tuple(float(p) for p in part_dropout)
+        in_dim //= parts
+        num_tokens *= parts
         self.position = nn.Parameter(torch.zeros(num_tokens, in_dim))
         nn.init.normal_(self.position, std=0.02)
         if mode == "topk":
@@ -62,25 +74,42 @@ class SparsePoolTower(nn.Module):
         self.head = build_tower(in_dim, out_dim, num_blocks, expansion, dropout)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K) scorer logits of the position-tagged tokens (``topk`` mode)."""
+        """(B, P*K) scorer logits of the position-tagged tokens (``topk`` mode)."""
         if self.mode != "topk":
             raise ValueError(f"scores() is for sparse_mode 'topk', this tower uses {self.mode!r}")
-        return self.scorer(x + self.position).squeeze(-1)
+        return self.scorer(self.layout(x) + self.position).squeeze(-1)
 
-    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The ``keep`` tokens that go on: (kept tokens (B, keep, D), their indices, their gates); slots: no indices."""
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, P*D) -> (B, P*K, D): each part's K tokens in turn (identity for one part); checks the shape."""
         if x.ndim != 3 or x.shape[1] != self.num_tokens:
             raise ValueError(
                 f"sparse tower takes token latents (batch, {self.num_tokens}, dim), got shape {tuple(x.shape)}"
             )
-        tokens = x + self.position
+        if self.parts == 1:
+            return x
+        batch, tokens, _ = x.shape
+        return x.reshape(batch, tokens, self.parts, -1).transpose(1, 2).reshape(batch, self.parts * tokens, -1)
+
+    def drop_parts(self, x: torch.Tensor) -> torch.Tensor:
+        """Training only: item i loses part p (its tokens zeroed) with probability part_dropout[p], at most one."""
+        if not self.training or not any(self.part_dropout):
+            return x
+        bounds = torch.tensor((0.0, *self.part_dropout), device=x.device).cumsum(0)
+        draw = torch.rand(len(x), 1, device=x.device)
+        part = torch.arange(x.shape[1], device=x.device) // self.num_tokens  # (P*K,) part of each token
+        drop = (draw >= bounds[part]) & (draw < bounds[part + 1])  # (B, P*K)
+        return x.masked_fill(drop.unsqueeze(-1), 0.0)
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The ``keep`` tokens that go on: (kept tokens (B, keep, D), their indices, their gates); slots: no indices."""
+        tokens = self.drop_parts(self.layout(x)) + self.position
         if self.mode == "slots":
             h = self.slot_norm(tokens)
             query = self.slots.expand(len(x), -1, -1)
             return self.slot_attn(query, h, h, need_weights=False)[0], None, None
-        logits = self.scorer(tokens).squeeze(-1)  # (B, K)
-        if self.keep == self.num_tokens:
-            index = torch.arange(self.num_tokens, device=x.device).expand(len(x), -1)
+        logits = self.scorer(tokens).squeeze(-1)  # (B, P*K)
+        if self.keep == tokens.shape[1]:
+            index = torch.arange(tokens.shape[1], device=x.device).expand(len(x), -1)
         else:
             ranking = logits.detach()
             if self.training:  # Gumbel-top-k: sample k tokens ~ softmax(logits), so unpromising ones get tried

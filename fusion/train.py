@@ -97,6 +97,8 @@ class TrainConfig:
     text_keep: int | None = None  # sparse text adapter: tokens kept of the K in the text cache
     sparse_mode: str = "topk"  # sparse adapter: "topk" (scored selection) or "slots" (keep learned query slots)
     token_blocks: int = 1  # sparse adapters: transformer blocks over the kept tokens
+    audio_parts: int = 1  # sparse audio adapter: encoders side by side in each latent (2 for a concat:A+B cache)
+    audio_part_dropout: list[float] | None = None  # per part: chance an item's part is blanked in training
     val_fraction: float = 0.0  # share of clips held out to report validation retrieval after each epoch
     bf16: bool = False  # bf16 autocast (CPU or GPU); the loss stays float32
     seed: int = 0  # seeds model init, data order, captions, λ and dropout
@@ -134,6 +136,8 @@ TOWER_FLAGS = {
     ("audio", "keep"): "--keep",
     ("text", "kind"): "--text-adapter",
     ("text", "keep"): "--text-keep",
+    ("audio", "parts"): "--audio-parts",
+    ("audio", "part_dropout"): "--audio-part-dropout",
 }
 SHARED_TOWER_FLAGS = {
     "sparse_mode": "--sparse-mode",
@@ -145,7 +149,7 @@ SHARED_TOWER_FLAGS = {
 
 def tower_flags(err: TowerConfigError) -> str:
     """The flags behind the fields a tower error names, e.g. ``--text-keep, --text-adapter``."""
-    return ", ".join(TOWER_FLAGS.get((err.modality, f)) or SHARED_TOWER_FLAGS[f] for f in err.fields)
+    return ", ".join(TOWER_FLAGS.get((err.modality, f)) or SHARED_TOWER_FLAGS.get(f, f) for f in err.fields)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -243,7 +247,9 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
 
-def _check_shape(modality: str, kind: str, keep: int | None, latents: LatentRows, source: str) -> int | None:
+def _check_shape(
+    modality: str, kind: str, keep: int | None, latents: LatentRows, source: str, parts: int = 1
+) -> int | None:
     """K for a sparse tower (from the cache), None for mlp; a cache of the wrong kind is a clear error."""
     keep_flag = "--keep" if modality == "audio" else "--text-keep"
     if kind == "sparse":
@@ -254,7 +260,7 @@ def _check_shape(modality: str, kind: str, keep: int | None, latents: LatentRows
             )
         tokens = int(latents.shape[1])
         try:
-            TowerConfig(kind, tokens, keep).check(modality)
+            TowerConfig(kind, tokens, keep, parts=parts).check(modality)
         except TowerConfigError as err:
             raise InputError(f"{err}: {source} holds {tokens} tokens per item ({tower_flags(err)})") from err
         return tokens
@@ -367,7 +373,7 @@ def _prepare_run(cfg: TrainConfig, accelerator, data: TrainData, manager, resume
 def _build_model(cfg: TrainConfig, data: TrainData, resumed: Checkpoint | None) -> FuseMixAdapters:
     """The adapters to train: read back from the checkpoint, or built from the config and the caches' shapes."""
     audio_dim, text_dim = data.audio.shape[-1], data.text.shape[-1]
-    audio_tokens = _check_shape("audio", cfg.audio_adapter, cfg.keep, data.audio, cfg.audio_latents)
+    audio_tokens = _check_shape("audio", cfg.audio_adapter, cfg.keep, data.audio, cfg.audio_latents, cfg.audio_parts)
     text_tokens = _check_shape("text", cfg.text_adapter, cfg.text_keep, data.text, cfg.text_latents)
     reseed_global(cfg.seed, "init")
     if resumed is not None:  # copied into a fresh model: same memory layout, so the same arithmetic as before
@@ -391,6 +397,8 @@ def _build_model(cfg: TrainConfig, data: TrainData, resumed: Checkpoint | None) 
             text_tokens=text_tokens,
             text_keep=cfg.text_keep,
             token_blocks=cfg.token_blocks,
+            audio_parts=cfg.audio_parts,
+            audio_part_dropout=cfg.audio_part_dropout,
         )
     if (model.config.audio_dim, model.config.text_dim) != (audio_dim, text_dim):
         raise FusemixError(

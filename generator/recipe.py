@@ -52,6 +52,9 @@ class DemoRecipe:
     bank_scenes: int | None = None  # caption bank: all 448 scene combinations x training templates, or the first N
     audio_augment: int = 0  # augmented views per training clip (`extract --augment K`; fusion.augment); 0: none
     augment_seed: int = 0  # seeds the views (`extract --augment-seed`)
+    # each training clip also pairs with its scene in this many other training phrasings (demoworld.paraphrase), one
+    # drawn per epoch, so S keeps what is said rather than how; 0: its own caption only
+    paraphrases: int = 0
     hard_negatives: bool = False  # NegCLIP: each caption's colour-swapped version is an extra negative for its audio
     hard_negative_limit: int = 2  # swapped versions per caption, at most
     # -- FuseMix adapters (fusion.train.TrainConfig)
@@ -71,6 +74,8 @@ class DemoRecipe:
     text_keep: int | None = 16  # sparse text tower keeps this many of text_tokens; None: MLP tower (pooled)
     sparse_mode: str = "topk"  # how sparse towers pick tokens: "topk" or "slots"
     token_blocks: int = 1  # transformer blocks over a sparse tower's kept tokens
+    audio_parts: int = 1  # encoders side by side in each audio latent, read as parts x audio_tokens (fusion.sparse)
+    audio_part_dropout: tuple[float, ...] | None = None  # per part: chance training blanks it for a clip
     fusemix_seed: int = 0  # seeds the adapters' init, data order, captions, λ and dropout
     # -- translator (generator.train_translator.TranslatorConfig)
     translator_epochs: int = 60  # passes over the bank captions
@@ -122,8 +127,11 @@ class DemoRecipe:
         for modality, (tokens, keep) in towers.items():
             if (tokens is None) != (keep is None):
                 raise ValueError(f"{modality}_keep needs {modality}_tokens and the other way round")
-            if keep is not None and not 1 <= keep <= tokens:
-                raise ValueError(f"{modality}_keep must be in [1, {modality}_tokens={tokens}], got {keep}")
+            parts = self.audio_parts if modality == "audio" else 1
+            if keep is not None and not 1 <= keep <= tokens * parts:
+                raise ValueError(
+                    f"{modality}_keep must be in [1, {modality}_tokens x parts={tokens * parts}], got {keep}"
+                )
 
 
 DEFAULT = DemoRecipe()
@@ -144,6 +152,12 @@ TRANSCRIPT = replace(
 )
 # The same with Whisper's encoder states beside the transcript in every token (768 wide: ~2x the training time).
 CONCAT = replace(TRANSCRIPT, name="concat", audio_encoder="concat:whisper-tiny.en-10s+whisper-tiny.en-transcript")
+# Issue 17's best: Whisper's states and the transcript's read as one sequence of 2 x 32 tokens, one part blanked
+# now and then in training (Whisper's 0.4, the transcript's 0.2) so neither carries a clip alone, and every
+# training clip paired with its scene in 5 more training phrasings, so S keeps what is said, not how (README).
+CONCAT_PARTS = replace(
+    CONCAT, name="concat-parts", audio_parts=2, audio_part_dropout=(0.4, 0.2), audio_keep=64, paraphrases=5
+)
 # The earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
 LOCKED_TEXT = replace(
     DEFAULT,
@@ -167,6 +181,7 @@ TINY = replace(
     audio_encoder="whisper-tiny.en-transcript",  # the tiny run exercises the transcript, hard-negative steps
     hard_negatives=True,
     audio_augment=1,  # ... augmented views
+    paraphrases=2,  # ... paraphrased captions (joined over both worlds)
     translator_audio_points=True,  # ... and the translator on the training pairs
     world_size="small",
     extra_world_size="12",
@@ -182,7 +197,7 @@ TINY = replace(
     image_widths=(16, 32),
     image_checkpoint_every=100,
 )
-RECIPES: dict[str, DemoRecipe] = {r.name: r for r in (DEFAULT, TRANSCRIPT, CONCAT, LOCKED_TEXT, TINY)}
+RECIPES: dict[str, DemoRecipe] = {r.name: r for r in (DEFAULT, TRANSCRIPT, CONCAT, CONCAT_PARTS, LOCKED_TEXT, TINY)}
 
 
 @dataclass(frozen=True)
@@ -238,7 +253,7 @@ def train_config(recipe: DemoRecipe, layout: Layout):
     joined = recipe.extra_world_size is not None  # two worlds' caches are joined; one world's are used as they are
     return TrainConfig(
         audio_latents=str(layout.latents("audio", "train_all" if joined else "train")),
-        text_latents=str(layout.latents("text", "train_all" if joined else "train")),
+        text_latents=str(layout.latents("text", caption_split(recipe, "train_all" if joined else "train"))),
         out=str(layout.fusemix),
         epochs=recipe.epochs,
         batch_size=recipe.batch_size,
@@ -260,11 +275,18 @@ def train_config(recipe: DemoRecipe, layout: Layout):
         text_keep=recipe.text_keep,
         sparse_mode=recipe.sparse_mode,
         token_blocks=recipe.token_blocks,
+        audio_parts=recipe.audio_parts,
+        audio_part_dropout=None if recipe.audio_part_dropout is None else list(recipe.audio_part_dropout),
         val_fraction=0.0,
         bf16=False,
         seed=recipe.fusemix_seed,
         no_progress=True,
     )
+
+
+def caption_split(recipe: DemoRecipe, split: str) -> str:
+    """The caption cache FuseMix trains on for ``split``: its paraphrased version when the recipe has them."""
+    return f"{split}_paraphrased" if recipe.paraphrases else split
 
 
 def _hard_negatives(recipe: DemoRecipe, layout: Layout) -> str | None:

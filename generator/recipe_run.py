@@ -27,6 +27,7 @@ from generator.recipe import (
     DemoRecipe,
     Layout,
     bank_captions,
+    caption_split,
     image_model_configs,
     preset_json,
     train_config,
@@ -101,32 +102,51 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
         layout, "bank", {"bank": bank_captions(recipe)}, lambda: _write_bank(recipe, layout), [layout.bank_manifest]
     )
     _extract(recipe, layout, "text", layout.bank_manifest, "bank")
-    if recipe.hard_negatives:
-        for world, split, name in jobs:
-            if split == "train":
-                _swaps(recipe, layout, world, name)
+    for world, split, name in jobs:
+        if split != "train":
+            continue
+        captions = _paraphrases(recipe, layout, world, name) if recipe.paraphrases else world / "train.jsonl"
+        if recipe.hard_negatives:
+            _swaps(recipe, layout, world, captions, name)
     if recipe.extra_world_size is None:
         return  # one world: training reads its caches as they are
-    joins = {("audio", "train"): "extra_train", ("text", "train"): "extra_train"}
+    # (modality, first, extra, joined) cache names; the plain captions also feed the translator
+    joins = [("audio", "train", "extra_train", "train_all"), ("text", "train", "extra_train", "train_all")]
+    if recipe.paraphrases:
+        joins.append(("text", *(caption_split(recipe, n) for n in ("train", "extra_train", "train_all"))))
     if recipe.hard_negatives:
-        joins[("text", "swaps_train")] = "swaps_extra_train"
-    for (modality, first), extra in joins.items():
+        joins.append(("text", "swaps_train", "swaps_extra_train", "swaps_all"))
+    for modality, first, extra, joined in joins:
         sources = [("", layout.latents(modality, first)), ("extra-", layout.latents(modality, extra))]
-        out = layout.latents(modality, "train_all" if first == "train" else "swaps_all")
-        step = f"{modality}_train_all" if first == "train" else f"{modality}_swaps_all"
-        run_step(layout, step, {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out])
+        out = layout.latents(modality, joined)
+        run_step(
+            layout, f"{modality}_{joined}", {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out]
+        )
 
 
-def _swaps(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> None:
+def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> Path:
+    """A world's training clips, each with its caption and its scene in other training phrasings, and their latents
+    (the cache FuseMix trains on); the plain caption cache stays for the translator and evaluation."""
+    from demoworld.paraphrase import write_paraphrases
+
+    manifest = layout.work / f"paraphrases_{name}.jsonl"
+    settings = {"captions": world / "train.jsonl", "paraphrases": recipe.paraphrases, "seed": recipe.world_seed}
+    write = lambda: write_paraphrases(world / "train.jsonl", manifest, recipe.paraphrases, recipe.world_seed)  # noqa: E731
+    run_step(layout, f"paraphrases_{name}", settings, write, [manifest])
+    _extract(recipe, layout, "text", manifest, caption_split(recipe, name))
+    return manifest
+
+
+def _swaps(recipe: DemoRecipe, layout: Layout, world: Path, captions: Path, name: str) -> None:
     """The colour-swapped versions of a world's training captions (`fusemix hard-negatives`) and their latents."""
     from fusion.hard_negatives import load_swap_classes, write_swap_manifest
 
     manifest = layout.swap_manifest(name)
     classes = world / "swap_classes.json"
-    settings = {"captions": world / "train.jsonl", "swap_classes": classes, "limit": recipe.hard_negative_limit}
+    settings = {"captions": captions, "swap_classes": classes, "limit": recipe.hard_negative_limit}
 
     def write() -> None:
-        write_swap_manifest(world / "train.jsonl", load_swap_classes(classes), manifest, recipe.hard_negative_limit)
+        write_swap_manifest(captions, load_swap_classes(classes), manifest, recipe.hard_negative_limit)
 
     run_step(layout, f"swaps_{name}", settings, write, [manifest])
     _extract(recipe, layout, "text", manifest, f"swaps_{name}")

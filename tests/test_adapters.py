@@ -186,7 +186,7 @@ def test_typed_towers_build_the_same_model_as_flat_names():
 
 
 def test_old_style_config_loads_with_identical_outputs(tmp_path):
-    """A config.json with only the flat names of earlier versions (no token_blocks yet) loads and gives the same
+    """A config.json with only the flat names of earlier versions (no token_blocks or parts yet) loads and gives the same
     outputs; the stored config still holds only those flat names."""
     torch.manual_seed(0)
     model = FuseMixAdapters(
@@ -197,8 +197,10 @@ def test_old_style_config_loads_with_identical_outputs(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     old_names = {"audio_dim", "text_dim", "shared_dim", "num_blocks", "expansion", "dropout", "lock_text"}
     old_names |= {"audio_adapter", "audio_tokens", "keep", "sparse_mode", "text_adapter", "text_tokens", "text_keep"}
-    assert set(saved) - {"_class_name", "_diffusers_version"} == old_names | {"token_blocks"}
-    del saved["token_blocks"]  # as configs were written before token_blocks existed
+    added = {"token_blocks", "audio_parts", "audio_part_dropout", "text_parts", "text_part_dropout"}
+    assert set(saved) - {"_class_name", "_diffusers_version"} == old_names | added
+    for name in added:  # as configs were written before these existed
+        del saved[name]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = FuseMixAdapters.from_pretrained(tmp_path).eval()
     assert loaded.tower_configs == {

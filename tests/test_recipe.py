@@ -123,6 +123,10 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     assert {p.name for p in out.iterdir()} == {"adapters", "translator", "image_model", "caption_bank", "preset.json"}
     assert fusemix(["demo", "make-default", "--tiny", "--check", str(out)]) == 0
     assert fusemix(["demo", "make-default", "--check", str(out)]) == 1  # the tiny preset is not the default
+    trained = json.loads((out / "adapters/train_config.json").read_text())
+    assert trained["text_latents"].endswith("text_train_all_paraphrased")  # both worlds' clips, paraphrased
+    count = lambda name: json.loads((tmp_path / "work/latents" / name / "manifest.json").read_text())["count"]  # noqa: E731
+    assert count("text_train_all_paraphrased") == (1 + TINY.paraphrases) * count("text_train_all") > 0
 
     markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "steps").glob("*.json")}
     assert len(markers) >= 15
