@@ -15,6 +15,10 @@ cache (`fusemix extract --tokens K`) gets a sparse tower keeping min(16, K) toke
 The flags that matter most: --hard-negatives (binding colours to what they describe), --epochs for your data size
 (the recipe's 40 suit ~10k clips), and token caches on both sides (sparse towers keep which word goes with which);
 on transcript caches keep every token (--keep K): keeping 16 of 32 dropped the background, said last (README).
+On a concat:A+B token cache of two equal widths (Whisper states + transcript), --audio-parts 2 --keep 2K
+--audio-part-dropout 0.4 0.2 reads it as A's tokens then B's and blanks one part now and then, so the transcript
+carries a clip on its own; with one caption per clip that says exactly what the audio says, give several captions
+per clip (a manifest's "captions" list) or S learns the wording (the demo recipe's paraphrases; README).
 
 The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
 """

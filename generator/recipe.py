@@ -11,10 +11,13 @@ Steps (each writes under WORK; the preset goes to OUT):
 2. ``extract_*``: audio and text latents (token latents when ``audio_tokens``/``text_tokens`` are set) of the
    training, validation and test splits, the extra world's training split, and of the caption bank (every scene
    combination x image template, both size words); ``swaps_*``: the training captions with their two colours
-   exchanged, and their text latents (hard negatives); ``train_all``/``swaps_all``: the two worlds' caches joined
+   exchanged, and their text latents (hard negatives); ``paraphrases_*`` (with ``paraphrases``): each training
+   clip's caption plus its scene in other training phrasings, and their latents (``text_train_paraphrased``, what
+   FuseMix then trains on; the swaps are of these); ``train_all``/``swaps_all``: the two worlds' caches joined
    (with no extra world, training reads the main world's caches as they are);
 3. ``fusemix``: FuseMix adapters (``fusion.train``), then ``eval``: retrieval on the test split;
-4. ``translator``: shared space -> the image model's token states, trained on the bank captions;
+4. ``translator``: shared space -> the image model's token states, trained on the bank captions (or, with
+   ``translator_audio_points``, on the training captions and where their clips land in S);
 5. ``image_base``, ``image_tuned``: the demo image model on captions, then continued to ``image_steps`` with part of
    each batch conditioned through the translator (so translated prompts work); or, with ``reuse_image_model``,
    ``image_reused``: the shipped image model, copied;
