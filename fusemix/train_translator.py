@@ -25,6 +25,7 @@ from dataclasses import fields
 from fusion.errors import InputError
 from generator.image_text import KINDS
 from generator.train_translator import TranslatorConfig, check_config, train_translator
+from generator.translator import ARCHS
 from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES
 
 
@@ -69,6 +70,13 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         "image model), auto (render for demo, generate for stable-diffusion)",
     )
     p.add_argument("--distill-steps", type=int, default=d.distill_steps, help="steps per image drawn (generate)")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=d.arch,
+        help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
+        "--num-blocks transformer blocks (default: %(default)s)",
+    )
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "noise", "dropout"):

@@ -88,6 +88,7 @@ class DemoRecipe:
     translator_noise: float = 0.05  # Gaussian noise on the unit S points while training (audio/text gap)
     translator_blocks: int = 2  # residual blocks of the translator
     translator_dropout: float = 0.1  # dropout inside them
+    translator_arch: str = "mlp"  # "mlp" or "queries" (learned per-token queries; generator.translator)
     translator_seed: int = 0  # seeds init, order and noise
     # train the translator on the training pairs (each clip's point in S and its caption's point, both with the
     # caption's conditioning as target) instead of the bank captions alone (`train-translator --audio-latents`)
@@ -318,6 +319,7 @@ def translator_config(recipe: DemoRecipe, layout: Layout):
         noise=recipe.translator_noise,
         num_blocks=recipe.translator_blocks,
         dropout=recipe.translator_dropout,
+        arch=recipe.translator_arch,
         seed=recipe.translator_seed,
         progress=False,
         device=recipe.device,

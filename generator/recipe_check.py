@@ -114,8 +114,9 @@ def _compare_models(recipe: DemoRecipe, folder: Path) -> list[str]:
     diffs = _compare_built(folder, "adapters/config.json", FuseMixAdapters.from_config(recorded), adapters)
     token_dim = _text_width()
     translator = Translator(
-        adapters.shared_dim, _max_tokens(), token_dim, recipe.translator_blocks, dropout=recipe.translator_dropout
-    )
+        adapters.shared_dim, _max_tokens(), token_dim, recipe.translator_blocks, dropout=recipe.translator_dropout,
+        arch=recipe.translator_arch,
+    )  # fmt: skip
     shipped = Translator.from_config(Translator.load_config(str(folder / "translator")))
     diffs += _compare_built(folder, "translator/config.json", shipped, translator)
     unet = build_unet(recipe.resolution, token_dim, tuple(recipe.image_widths))

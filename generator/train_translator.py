@@ -44,7 +44,7 @@ from fusion.training import (
     torch_generator,
 )
 from generator.image_text import image_text_encoder
-from generator.translator import Translator
+from generator.translator import ARCHS, Translator
 from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES, Distiller, build_distiller
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ RESUMABLE_CHANGES = frozenset({"out", "progress", "device"})  # fields a resumed
 # values of fields added after checkpoints were first written: what those runs did
 ADDED_DEFAULTS = {"objective": "mse", "distill_weight": 1.0, "distill_images": "auto", "distill_steps": 20}
 ADDED_DEFAULTS["audio_latents"] = None
+ADDED_DEFAULTS["arch"] = "mlp"
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -75,7 +76,8 @@ class TranslatorConfig:
     lr: float = 1e-3  # AdamW, cosine decay to lr/100
     weight_decay: float = 0.01
     noise: float = 0.05  # std of Gaussian noise added per dimension to the unit-norm S inputs (then renormalised)
-    num_blocks: int = 2  # residual blocks of the translator
+    num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
+    arch: str = "mlp"  # "mlp" or "queries" (generator.translator)
     dropout: float = 0.1
     seed: int = 0
     progress: bool = True
@@ -116,6 +118,8 @@ def checkpoint_manager(cfg: TranslatorConfig) -> CheckpointManager:
 
 def check_config(cfg: TranslatorConfig) -> None:
     """One clear line for a value or combination the trainer cannot use."""
+    if cfg.arch not in ARCHS:
+        raise InputError(f"--arch must be one of {ARCHS}, got {cfg.arch!r}")
     if cfg.objective not in OBJECTIVES:
         raise InputError(f"--objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
     if cfg.distill_images not in DISTILL_IMAGES:
@@ -261,8 +265,9 @@ def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
     """A fresh translator (seeded; its mean and negative from the targets) and optimizer, or both read back."""
     reseed_global(cfg.seed, "init")
     model = Translator(
-        data.points.shape[1], data.targets.shape[1], data.targets.shape[2], cfg.num_blocks, dropout=cfg.dropout
-    )
+        data.points.shape[1], data.targets.shape[1], data.targets.shape[2], cfg.num_blocks, dropout=cfg.dropout,
+        arch=cfg.arch,
+    )  # fmt: skip
     with torch.no_grad():
         model.mean.copy_(data.targets.mean(0))
         model.negative.copy_(data.negative)

@@ -6,6 +6,11 @@ model's encoding of the empty prompt, the negative condition for classifier-free
 
     tr = Translator(in_dim=384, num_tokens=16, token_dim=384)
     embeds = tr(shared_points)            # (B, 16, 384)
+    Translator(in_dim=384, num_tokens=16, token_dim=384, arch="queries")   # learned per-token queries
+
+``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once. ``arch="queries"``: the
+point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
+transformer blocks (self-attention over queries and memory), so each token can pick what it needs from S.
     tr.save_pretrained("translator"); Translator.from_pretrained("translator")
 """
 
@@ -17,10 +22,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from fusion.adapters import ResidualMLPBlock
+from fusion.blocks import TokenBlock
+
+ARCHS = ("mlp", "queries")
 
 
 class Translator(ModelMixin, ConfigMixin):
-    """Residual MLP from S to ``num_tokens x token_dim``, added to a learned mean condition."""
+    """S -> ``num_tokens x token_dim``, added to a learned mean condition (a residual MLP or learned queries)."""
 
     @register_to_config
     def __init__(
@@ -31,22 +39,38 @@ class Translator(ModelMixin, ConfigMixin):
         num_blocks: int = 2,
         expansion: int = 4,
         dropout: float = 0.1,
+        arch: str = "mlp",
+        memory_tokens: int = 4,
     ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("num_tokens", num_tokens), ("token_dim", token_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
-        self.norm = nn.LayerNorm(in_dim)
-        self.proj = nn.Linear(in_dim, num_tokens * token_dim)
+        if arch not in ARCHS or memory_tokens < 1:
+            raise ValueError(f"arch must be one of {ARCHS} and memory_tokens >= 1, got {arch!r}, {memory_tokens}")
+        if arch == "mlp":
+            self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
+            self.norm = nn.LayerNorm(in_dim)
+            self.proj = nn.Linear(in_dim, num_tokens * token_dim)
+        else:
+            self.memory = nn.Linear(in_dim, memory_tokens * token_dim)
+            self.queries = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
+            self.blocks = nn.Sequential(*[TokenBlock(token_dim, expansion, dropout) for _ in range(num_blocks)])
+            self.norm = nn.LayerNorm(token_dim)
+            self.proj = nn.Linear(token_dim, token_dim)
         self.mean = nn.Parameter(torch.zeros(num_tokens, token_dim))  # mean target, so the MLP learns the residual
         self.register_buffer("negative", torch.zeros(1, num_tokens, token_dim))  # image model's encoding of ""
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         if points.ndim != 2 or points.shape[1] != self.config.in_dim:
             raise ValueError(f"points must have shape (batch, {self.config.in_dim}), got {tuple(points.shape)}")
-        out = self.proj(self.norm(self.blocks(points)))
-        return self.mean + out.view(-1, self.config.num_tokens, self.config.token_dim)
+        if self.config.arch == "mlp":
+            out = self.proj(self.norm(self.blocks(points)))
+            return self.mean + out.view(-1, self.config.num_tokens, self.config.token_dim)
+        memory = self.memory(points).view(len(points), self.config.memory_tokens, self.config.token_dim)
+        tokens = torch.cat([memory, self.queries.expand(len(points), -1, -1)], dim=1)
+        out = self.blocks(tokens)[:, self.config.memory_tokens :]
+        return self.mean + self.proj(self.norm(out))
 
     def negative_embeds(self, batch: int = 1) -> torch.Tensor:
         return self.negative.expand(batch, -1, -1)

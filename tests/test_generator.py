@@ -78,9 +78,10 @@ def sd_pipe(sd_preset) -> AudioToImagePipeline:
     return AudioToImagePipeline.from_preset(str(sd_preset))
 
 
-def test_translator_saves_loads_and_checks_shapes(tmp_path):
+@pytest.mark.parametrize("arch", ["mlp", "queries"])
+def test_translator_saves_loads_and_checks_shapes(tmp_path, arch):
     torch.manual_seed(0)
-    tr = Translator(in_dim=8, num_tokens=3, token_dim=5).eval()
+    tr = Translator(in_dim=8, num_tokens=3, token_dim=5, arch=arch).eval()
     tr.negative.copy_(torch.randn(1, 3, 5))
     tr.save_pretrained(tmp_path)
     back = Translator.from_pretrained(tmp_path).eval()
@@ -89,6 +90,8 @@ def test_translator_saves_loads_and_checks_shapes(tmp_path):
     assert torch.equal(back.negative_embeds(2), tr.negative.expand(2, -1, -1))
     with pytest.raises(ValueError, match="points must have shape"):
         tr(torch.randn(4, 7))
+    with pytest.raises(ValueError, match="arch must be one of"):
+        Translator(in_dim=8, num_tokens=3, token_dim=5, arch="lstm")
 
 
 def test_noise_keeps_points_on_the_sphere_and_moves_them():
@@ -101,7 +104,8 @@ def test_noise_keeps_points_on_the_sphere_and_moves_them():
     assert torch.equal(noisy(x, 0.0, g), x)
 
 
-def test_translator_learns_caption_targets(sd_preset, tmp_path):
+@pytest.mark.parametrize("arch", ["mlp", "queries"])
+def test_translator_learns_caption_targets(sd_preset, tmp_path, arch):
     """More epochs fit the image model's own encodings better than the mean alone (relative MSE < 1)."""
     out = train_translator(
         TranslatorConfig(
@@ -115,13 +119,14 @@ def test_translator_learns_caption_targets(sd_preset, tmp_path):
             noise=0.0,
             dropout=0.0,
             progress=False,
+            arch=arch,
         )
     )
     report = json.loads((out / "translator_config.json").read_text())
     assert report["num_captions"] == len(CAPTIONS)
     assert report["relative_mse"] < 0.5
     tr = Translator.from_pretrained(out)
-    assert (tr.config.num_tokens, tr.config.token_dim) == (77, 32)  # SD prompt_embeds of the tiny CLIP
+    assert (tr.config.num_tokens, tr.config.token_dim, tr.config.arch) == (77, 32, arch)  # tiny CLIP prompt_embeds
 
 
 def test_audio_to_image_on_tiny_stable_diffusion(sd_pipe):
