@@ -154,6 +154,8 @@ def _adapter_kwargs(recipe: DemoRecipe) -> dict:
         "text_tokens": recipe.text_tokens,
         "text_keep": cfg.text_keep,
         "token_blocks": cfg.token_blocks,
+        "audio_parts": cfg.audio_parts,
+        "audio_part_dropout": cfg.audio_part_dropout,
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 from fusemix.cli import main as fusemix
 from fusion.errors import FusemixError
 from generator.presets import CHECKPOINTS, shipped_path
-from generator.recipe import DEFAULT, RECIPES, TINY, Layout, training_clips
+from generator.recipe import DEFAULT, RECIPES, TINY, WHISPER_TOKENS, Layout, training_clips
 from generator.recipe_run import run_step
 
 SHIPPED = CHECKPOINTS / "demo"
@@ -38,11 +38,11 @@ def test_run_step_skips_finished_steps_reruns_lost_ones_and_refuses_other_settin
 
 def test_recipe_check_names_settings_that_cannot_work():
     with pytest.raises(ValueError, match="extra_world_seed"):
-        replace(DEFAULT, extra_world_seed=DEFAULT.world_seed).check()
+        replace(DEFAULT, extra_world_size="12", extra_world_seed=DEFAULT.world_seed).check()
     with pytest.raises(ValueError, match="image_steps"):
         replace(DEFAULT, image_steps=DEFAULT.image_base_steps).check()
     with pytest.raises(ValueError, match="audio_keep"):
-        replace(DEFAULT, audio_keep=64).check()
+        replace(DEFAULT, audio_keep=65).check()  # 32 tokens x 2 parts
     with pytest.raises(ValueError, match="text_keep"):
         replace(DEFAULT, text_tokens=None).check()
     for recipe in RECIPES.values():
@@ -50,9 +50,10 @@ def test_recipe_check_names_settings_that_cannot_work():
 
 
 def test_default_recipe_gives_the_shipped_number_of_training_clips():
-    # 1,500 + 3,000 training scenes (two worlds), two spoken captions each: the 9,000 clips the README names
-    assert training_clips(DEFAULT) == 9000
-    assert training_clips(replace(DEFAULT, extra_world_size=None)) == 3000
+    # 1,500 training scenes, two spoken captions each: the 3,000 clips the README names (9,000 with the second world
+    # the earlier default added)
+    assert training_clips(DEFAULT) == 3000
+    assert training_clips(WHISPER_TOKENS) == 9000
 
 
 def _copy_shipped(tmp_path: Path) -> Path:
@@ -77,7 +78,7 @@ def test_check_prints_each_difference_on_one_line_and_exits_1(tmp_path, capsys):
     assert fusemix(["demo", "make-default", "--check", str(folder)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     expected = [
-        "adapters/train_config.json: epochs: preset 39, recipe 40",
+        "adapters/train_config.json: epochs: preset 39, recipe 120",
         "translator/translator_config.json: noise:",
         "image_model/train_config.json: steps: preset 6000, recipe 4200",
         "image_model/train_config.json: translator: preset None, recipe 'given'",
