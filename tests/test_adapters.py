@@ -214,11 +214,12 @@ def test_old_style_config_loads_with_identical_outputs(tmp_path):
 
 
 def test_shipped_checkpoint_loads_as_typed_towers():
-    """checkpoints/demo/adapters (old flat names) loads into the towers its names describe, weights and all."""
+    """checkpoints/demo/adapters loads into the towers its flat names describe (two audio parts), weights and all."""
     config = json.loads((SHIPPED / "config.json").read_text())
-    assert "token_blocks" not in config and config["audio_adapter"] == "sparse"
+    assert config["audio_adapter"] == "sparse" and config["audio_parts"] == 2
     loaded = FuseMixAdapters.from_pretrained(SHIPPED).eval()
-    audio = TowerConfig("sparse", tokens=config["audio_tokens"], keep=config["keep"])
+    parts = {"parts": 2, "part_dropout": tuple(config["audio_part_dropout"])}
+    audio = TowerConfig("sparse", tokens=config["audio_tokens"], keep=config["keep"], **parts)
     text = TowerConfig("sparse", tokens=config["text_tokens"], keep=config["text_keep"])
     assert loaded.tower_configs == {"audio": audio, "text": text}
     arch = {k: config[k] for k in ("shared_dim", "num_blocks", "expansion", "dropout")}
@@ -226,8 +227,8 @@ def test_shipped_checkpoint_loads_as_typed_towers():
     typed.load_state_dict(load_file(SHIPPED / "diffusion_pytorch_model.safetensors"), strict=True)
     gen = torch.Generator().manual_seed(0)
     x = {
-        "audio": torch.randn(2, audio.tokens, 384, generator=gen),
-        "text": torch.randn(2, text.tokens, 384, generator=gen),
+        "audio": torch.randn(2, audio.tokens, config["audio_dim"], generator=gen),
+        "text": torch.randn(2, text.tokens, config["text_dim"], generator=gen),
     }
     with torch.no_grad():
         want, got = typed.eval().encode(x), loaded.encode(x)
