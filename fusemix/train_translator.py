@@ -29,6 +29,33 @@ from generator.translator import ARCHS
 from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES
 
 
+def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> None:
+    """What the translator is trained against (MSE or distillation through the image model) and its architecture."""
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=d.objective,
+        help="mse: regress the image model's text encoding; distill: match the frozen denoiser's predictions "
+        "under it; both: mse + --distill-weight x distill (default: %(default)s)",
+    )
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="weight of distill in 'both'")
+    p.add_argument(
+        "--distill-images",
+        choices=DISTILL_IMAGES,
+        default=d.distill_images,
+        help="images of a caption for distillation: render (the demo world's scene), generate (drawn once by the "
+        "image model), auto (render for demo, generate for stable-diffusion)",
+    )
+    p.add_argument("--distill-steps", type=int, default=d.distill_steps, help="steps per image drawn (generate)")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=d.arch,
+        help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
+        "--num-blocks transformer blocks (default: %(default)s)",
+    )
+
+
 def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
     """The run's configuration, and whether to resume it."""
     d = TranslatorConfig(adapters="", text_latents="", out="")
@@ -54,29 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         help="audio latent cache paired by clip id with --text-latents (the adapters' audio encoder): also train "
         "on where the clips land in S, with their captions' targets (default: captions only)",
     )
-    p.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default=d.objective,
-        help="mse: regress the image model's text encoding; distill: match the frozen denoiser's predictions "
-        "under it; both: mse + --distill-weight x distill (default: %(default)s)",
-    )
-    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="weight of distill in 'both'")
-    p.add_argument(
-        "--distill-images",
-        choices=DISTILL_IMAGES,
-        default=d.distill_images,
-        help="images of a caption for distillation: render (the demo world's scene), generate (drawn once by the "
-        "image model), auto (render for demo, generate for stable-diffusion)",
-    )
-    p.add_argument("--distill-steps", type=int, default=d.distill_steps, help="steps per image drawn (generate)")
-    p.add_argument(
-        "--arch",
-        choices=ARCHS,
-        default=d.arch,
-        help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
-        "--num-blocks transformer blocks (default: %(default)s)",
-    )
+    add_objective_options(p, d)
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "noise", "dropout"):
