@@ -131,7 +131,10 @@ def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> 
 
     manifest = layout.work / f"paraphrases_{name}.jsonl"
     settings = {"captions": world / "train.jsonl", "paraphrases": recipe.paraphrases, "seed": recipe.world_seed}
-    write = lambda: write_paraphrases(world / "train.jsonl", manifest, recipe.paraphrases, recipe.world_seed)  # noqa: E731
+
+    def write() -> None:
+        write_paraphrases(world / "train.jsonl", manifest, recipe.paraphrases, recipe.world_seed)
+
     run_step(layout, f"paraphrases_{name}", settings, write, [manifest])
     _extract(recipe, layout, "text", manifest, caption_split(recipe, name))
     return manifest

@@ -7,11 +7,11 @@ model's encoding of the empty prompt, the negative condition for classifier-free
     tr = Translator(in_dim=384, num_tokens=16, token_dim=384)
     embeds = tr(shared_points)            # (B, 16, 384)
     Translator(in_dim=384, num_tokens=16, token_dim=384, arch="queries")   # learned per-token queries
+    tr.save_pretrained("translator"); Translator.from_pretrained("translator")
 
 ``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once. ``arch="queries"``: the
 point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
 transformer blocks (self-attention over queries and memory), so each token can pick what it needs from S.
-    tr.save_pretrained("translator"); Translator.from_pretrained("translator")
 """
 
 from __future__ import annotations
