@@ -15,9 +15,10 @@ cache (`fusemix extract --tokens K`) gets a sparse tower keeping min(16, K) toke
 The flags that matter most: --hard-negatives (binding colours to what they describe), --epochs for your data size
 (the recipe's 120 suit ~3k clips), and token caches on both sides (sparse towers keep which word goes with which);
 on transcript caches keep every token (--keep K): keeping 16 of 32 dropped the background, said last (README).
-On a concat:A+B token cache of two equal widths (Whisper states + transcript), --audio-parts 2 --keep 2K
---audio-part-dropout 0.4 0.2 reads it as A's tokens then B's and blanks one part now and then, so the transcript
-carries a clip on its own; with one caption per clip that says exactly what the audio says, give several captions
+A concat:A+B token cache of two equal widths (Whisper states + transcript, extracted by this version) is read by
+default as the recipe reads it, --audio-parts 2 --keep 2K --audio-part-dropout 0.4 0.2: A's tokens then B's, every
+token kept, one part blanked now and then so the transcript carries a clip on its own (--audio-parts 1 reads it as
+K wide tokens); with one caption per clip that says exactly what the audio says, give several captions
 per clip (a manifest's "captions" list) or S learns the wording (the demo recipe's paraphrases; README).
 
 The checkpoint (OUT/checkpoint) is rewritten atomically after every epoch; `fusemix eval --checkpoint OUT` reads it.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from fusion.adapters import AUDIO_ADAPTERS, TEXT_ADAPTERS
@@ -36,6 +38,7 @@ from fusion.train import TrainConfig, train
 
 AUTO = "auto"  # tower kind chosen from the cache
 AUTO_KEEP = 16  # tokens an auto sparse tower keeps (the recipe's)
+AUTO_PART_DROPOUT = (0.4, 0.2)  # the recipe's part dropout on a two-part concat cache (Whisper states, transcript)
 
 # (flag, type, help) of the numeric options; their defaults come from TrainConfig
 NUMERIC_OPTIONS = [
@@ -91,9 +94,10 @@ def add_tower_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
     p.add_argument(
         "--audio-parts",
         type=int,
-        default=defaults.audio_parts,
-        help="sparse audio adapter: encoders side by side in each latent (2 for a concat:A+B cache of equal widths): "
-        "read as A's tokens, then B's",
+        default=None,
+        help="sparse audio adapter: encoders side by side in each latent, read as A's tokens, then B's (default: "
+        "2 on a concat:A+B token cache of equal widths, keeping all 2K tokens, with --audio-part-dropout "
+        f"{' '.join(map(str, AUTO_PART_DROPOUT))}; else 1)",
     )
     p.add_argument(
         "--audio-part-dropout",
@@ -150,8 +154,16 @@ def cache_tokens(folder: str) -> int | None:
     return int(rows.shape[1]) if rows.ndim == 3 else None
 
 
+def cache_part_dims(folder: str) -> list[int] | None:
+    """Widths of the encoders side by side in a cache's latents (``concat:A+B``; recorded by `fusemix extract`)."""
+    manifest = Path(folder) / "manifest.json"
+    return json.loads(manifest.read_text()).get("part_dims") if manifest.is_file() else None
+
+
 def resolve_towers(args: dict) -> None:
-    """Replace ``auto`` towers by what the caches hold: sparse keeping min(AUTO_KEEP, K) tokens, or mlp."""
+    """Replace ``auto`` towers by what the caches hold: sparse keeping min(AUTO_KEEP, K) tokens, or mlp; a concat
+    token cache of equal parts is read as its parts (the recipe's: every token kept, part dropout)."""
+    resolve_parts(args)
     towers = (("audio_adapter", "keep", "audio_latents"), ("text_adapter", "text_keep", "text_latents"))
     for kind, keep, cache in towers:
         if args[kind] != AUTO:
@@ -159,7 +171,20 @@ def resolve_towers(args: dict) -> None:
         tokens = None if kind == "text_adapter" and args["lock_text"] else cache_tokens(args[cache])
         args[kind] = "mlp" if tokens is None else "sparse"
         if tokens is not None and args[keep] is None:
-            args[keep] = min(AUTO_KEEP, tokens)
+            parts = args["audio_parts"] if kind == "audio_adapter" else 1
+            args[keep] = tokens * parts if parts > 1 else min(AUTO_KEEP, tokens)
+
+
+def resolve_parts(args: dict) -> None:
+    """``--audio-parts`` unset: 2+ on a sparse-able concat token cache of equal part widths, with the recipe's part
+    dropout unless given; 1 otherwise."""
+    if args["audio_parts"] is not None:
+        return
+    dims = cache_part_dims(args["audio_latents"]) if args["audio_adapter"] in (AUTO, "sparse") else None
+    split = bool(dims) and len(set(dims)) == 1 and cache_tokens(args["audio_latents"]) is not None
+    args["audio_parts"] = len(dims) if split else 1
+    if split and args["audio_part_dropout"] is None and len(dims) == len(AUTO_PART_DROPOUT):
+        args["audio_part_dropout"] = list(AUTO_PART_DROPOUT)
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:

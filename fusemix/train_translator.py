@@ -81,6 +81,14 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         help="audio latent cache paired by clip id with --text-latents (the adapters' audio encoder): also train "
         "on where the clips land in S, with their captions' targets (default: captions only)",
     )
+    p.add_argument(
+        "--canonical-bank",
+        default=None,
+        metavar="CACHE",
+        help="caption cache grouped by id (e.g. a caption bank) whose first caption per group follows one phrasing: "
+        "its captions join the rows, and every row targets the first caption of the group nearest its caption in S "
+        "(one answer per scene instead of the mean of its phrasings; default: each row its own caption)",
+    )
     add_objective_options(p, d)
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))

@@ -370,6 +370,13 @@ def _latent_dim(encoder: Any, tokens: int | None) -> int:
     return int(getattr(encoder, "token_dim", encoder.dim) if tokens else encoder.dim)
 
 
+def _part_dims(encoder: Any, tokens: int | None) -> list[int] | None:
+    """Widths of the encoders side by side in a ``concat:A+B`` latent (None for one encoder): `fusemix train` reads
+    a cache of equal parts as A's tokens then B's."""
+    parts = getattr(encoder, "parts", None)
+    return None if parts is None else [_latent_dim(part, tokens) for part in parts]
+
+
 def _check_unfinished(out: Path, config: ExtractConfig, clips: list, parts: dict[str, dict]) -> None:
     """Refuse to resume (or join) parts written with other arguments, before any model is loaded."""
     expected: dict[str, dict] = {}
@@ -418,6 +425,7 @@ def _start_part(
             "dtype": "float32",
             "pooling": getattr(encoder, "pooling", None),
             "sample_rate": getattr(encoder, "sample_rate", None) if modality == "audio" else None,
+            "part_dims": _part_dims(encoder, config.tokens),
         },
         manifest=str(Path(config.manifest).resolve()),
         audio_dir=str(Path(config.audio_dir).resolve()) if config.audio_dir else None,
@@ -636,6 +644,8 @@ def _write_manifest(
         "ids": ids,
         "clip_ids": clip_ids,
     }
+    if meta.get("part_dims"):
+        manifest["part_dims"] = meta["part_dims"]
     if fingerprint.get("augment"):  # rows <clip id>#aug<k> follow each clip's own row
         manifest["augment"] = {"views": fingerprint["augment"], "seed": fingerprint["augment_seed"]}
     if modality == "text":

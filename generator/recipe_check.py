@@ -30,7 +30,9 @@ from generator.recipe import (
     translator_config,
 )
 
-INPUT_FIELDS = frozenset({"audio_latents", "text_latents", "hard_negatives", "adapters", "translator", "image_model"})
+INPUT_FIELDS = frozenset(
+    {"audio_latents", "text_latents", "hard_negatives", "adapters", "translator", "image_model", "canonical_bank"}
+)
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
 RESULT_FIELDS = frozenset(
     {

@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = frozenset({"out", "progress", "device"})  # fields a resumed
 ADDED_DEFAULTS = {"objective": "mse", "distill_weight": 1.0, "distill_images": "auto", "distill_steps": 20}
 ADDED_DEFAULTS["audio_latents"] = None
 ADDED_DEFAULTS["arch"] = "mlp"
+ADDED_DEFAULTS["canonical_bank"] = None
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -67,6 +68,10 @@ class TranslatorConfig:
     image_model: str | None = None  # SD pipeline folder or id (its CLIP text encoder gives the targets); demo
     # pipeline folder for distillation (None: the shipped checkpoints/demo/image_model)
     audio_latents: str | None = None  # audio cache paired by clip id with text_latents; None: captions only
+    # caption cache grouped by id whose first caption per group is written in one phrasing (a caption bank): its
+    # captions join the rows, and every row targets the encoding of the first caption of the bank group nearest
+    # its caption in S, so the translator learns what is said, not how; None: each row its own caption's encoding
+    canonical_bank: str | None = None
     objective: str = "mse"  # "mse" (to e(c)), "distill" (through the frozen denoiser) or "both"
     distill_weight: float = 1.0  # weight of the distillation term in "both"
     distill_images: str = "auto"  # images of a caption: "render" (demo-world scene), "generate" (drawn once), "auto"
@@ -165,7 +170,8 @@ def train_translator(cfg: TranslatorConfig, resume: bool = False) -> Path:
 
 def _final_report(cfg, model: Translator, data: _Data, distiller: Distiller | None, scale: float, state: dict):
     """The fit at the end of the run: relative MSE on the captions (and audio rows), distillation error."""
-    out = {"relative_mse": _clean_error(model, data.caption_points, data.targets) / scale}
+    captions = data.caption_points, data.targets[data.row_caption[: len(data.texts)]]
+    out = {"relative_mse": _clean_error(model, *captions) / scale}
     if data.num_rows > len(data.texts):
         audio = data.points[len(data.texts) :], data.targets[data.row_caption[len(data.texts) :]]
         out["relative_mse_audio"] = _clean_error(model, *audio) / scale
@@ -180,27 +186,64 @@ def _final_report(cfg, model: Translator, data: _Data, distiller: Distiller | No
 
 def _load_data(cfg: TranslatorConfig) -> _Data:
     """Unique captions of the cache, their points through the adapters' text tower, and their targets."""
-    cache = load_latents(Path(cfg.text_latents))
-    if not cache.texts:
-        raise FusemixError(f"{cfg.text_latents} holds no caption texts: extract it with a text encoder")
     adapters = FuseMixAdapters.from_pretrained(cfg.adapters, use_safetensors=True).eval()
-    tokens = adapters.tokens_for("text")
-    if (cache.array.ndim == 3) != (tokens is not None):
-        want = f"token latents (extract --tokens {tokens})" if tokens else "pooled caption latents"
-        raise FusemixError(f"{cfg.text_latents} has shape {cache.array.shape}; the adapters' text tower takes {want}")
-    texts = list(dict.fromkeys(cache.texts))  # unique captions, first-seen order
-    first = {t: i for i, t in reversed(list(enumerate(cache.texts)))}
-    latents = torch.from_numpy(cache.array[[first[t] for t in texts]].astype("float32"))
-    points = adapters.embed("text", latents).detach()
+    cache = _caption_cache(cfg.text_latents, adapters)
+    texts, points = _caption_points(cache, adapters)
     row_caption = torch.arange(len(texts))
     if cfg.audio_latents:
         audio_points, audio_captions = _audio_rows(cfg, adapters, cache, {t: i for i, t in enumerate(texts)})
         points, row_caption = torch.cat([points, audio_points]), torch.cat([row_caption, audio_captions])
+    if cfg.canonical_bank:
+        texts, points, row_caption = _canonical_rows(cfg, adapters, texts, points, row_caption)
     logger.info("encoding %d captions with the image model's text encoder", len(texts))
     encode = image_text_encoder(cfg.kind, cfg.image_model, cfg.device)
     targets = encode(texts).cpu()
     negative = encode([""]).cpu()
     return _Data(texts, points, targets, negative, row_caption)
+
+
+def _caption_cache(folder: str, adapters: FuseMixAdapters):
+    """A caption cache the adapters' text tower can read, with its texts; one clear line otherwise."""
+    cache = load_latents(Path(folder))
+    if not cache.texts:
+        raise FusemixError(f"{folder} holds no caption texts: extract it with a text encoder")
+    tokens = adapters.tokens_for("text")
+    if (cache.array.ndim == 3) != (tokens is not None):
+        want = f"token latents (extract --tokens {tokens})" if tokens else "pooled caption latents"
+        raise FusemixError(f"{folder} has shape {cache.array.shape}; the adapters' text tower takes {want}")
+    return cache
+
+
+def _caption_points(cache, adapters: FuseMixAdapters) -> tuple[list[str], torch.Tensor]:
+    """The cache's unique captions (first-seen order) and their points in S."""
+    texts = list(dict.fromkeys(cache.texts))
+    first = {t: i for i, t in reversed(list(enumerate(cache.texts)))}
+    latents = torch.from_numpy(cache.array[[first[t] for t in texts]].astype("float32"))
+    return texts, adapters.embed("text", latents).detach()
+
+
+def _canonical_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, texts, points, row_caption):
+    """Add the bank's captions as rows, and point every row's target at the first caption of the bank group
+    nearest (cosine in S) its caption; a bank caption's group is its own. Returns texts, points, row_caption."""
+    bank = _caption_cache(cfg.canonical_bank, adapters)
+    bank_texts, bank_points = _caption_points(bank, adapters)
+    group_of = dict(zip(bank.texts, bank.clip_ids, strict=True))
+    head: dict[str, str] = {}  # group -> its first caption
+    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
+        head.setdefault(group, text)
+    known = set(texts)
+    added = [i for i, t in enumerate(bank_texts) if t not in known]
+    all_texts = texts + [bank_texts[i] for i in added]
+    index = {t: i for i, t in enumerate(all_texts)}
+    caption_points = torch.cat([points[: len(texts)], bank_points[added]])
+    nearest = (F.normalize(caption_points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
+    groups = [group_of.get(t, group_of[bank_texts[j]]) for t, j in zip(all_texts, nearest, strict=True)]
+    canonical = torch.tensor([index[head[g]] for g in groups])
+    rows = torch.cat([row_caption[: len(texts)], torch.arange(len(texts), len(all_texts)), row_caption[len(texts) :]])
+    moved = int((canonical != torch.arange(len(all_texts))).sum())
+    logger.info("canonical targets from %s: %d groups, %d bank captions added, %d of %d captions retargeted",
+                cfg.canonical_bank, len(head), len(added), moved, len(all_texts))  # fmt: skip
+    return all_texts, torch.cat([caption_points, points[len(texts) :]]), canonical[rows]
 
 
 def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int]):

@@ -298,3 +298,46 @@ def test_generate_batch_and_ui_share_one_record_schema_and_seed_rule(sd_preset, 
     assert np.abs(np.asarray(ui_images[1], np.int16) - view).max() <= 2
     assert ui_heard == json.loads((tmp_path / "gen" / f"{files[0].stem}_0.json").read_text())["heard"]
     assert f"seed 4 (clip seed {clip_seed(4, files[0].stem)})" in info
+
+
+def test_canonical_bank_targets_the_first_caption_of_the_nearest_group(sd_preset, tmp_path):
+    """--canonical-bank: every row regresses the encoding of its bank group's first caption (a caption outside the
+    bank: the group nearest it in S), so all phrasings of one scene share one answer instead of their mean."""
+    from fusion.encoders import load_encoder
+    from generator.image_text import image_text_encoder
+    from generator.train_translator import _load_data
+
+    enc = load_encoder(str(sd_preset / "sd"))
+    groups = {"dog": ["a dog barks", "a dog barking"], "rain": ["rain on a roof", "rain falling"]}
+    groups["bell"] = ["a bell rings", "a bell ringing"]
+    bank_texts = [t for caps in groups.values() for t in caps]
+    gids = [g for g, caps in groups.items() for _ in caps]
+    write_latents(tmp_path / "bank", enc.encode(bank_texts), [f"{g}#{i}" for i, g in enumerate(gids)], gids,
+                  {"modality": "text"}, texts=bank_texts)  # fmt: skip
+    own = enc.encode(["a dog barks", "a hound barks"])
+    own[1] = enc.encode(["a dog barking"])[0]  # lands where the dog group does: retargeted to "a dog barks"
+    write_latents(tmp_path / "text", own, ["t0#0", "t1#0"], ["t0", "t1"], {"modality": "text"},
+                  texts=["a dog barks", "a hound barks"])  # fmt: skip
+    cfg = TranslatorConfig(
+        adapters=str(sd_preset / "adapters"), text_latents=str(tmp_path / "text"), out=str(tmp_path / "tr"),
+        kind="stable-diffusion", image_model=str(sd_preset / "sd"), canonical_bank=str(tmp_path / "bank"),
+        epochs=150, batch_size=7, noise=0.0, dropout=0.0, progress=False,
+    )  # fmt: skip
+    data = _load_data(cfg)
+    target = {text: data.texts[i] for text, i in zip(data.texts, data.row_caption.tolist(), strict=True)}
+    assert target == {
+        "a dog barks": "a dog barks", "a hound barks": "a dog barks", "a dog barking": "a dog barks",
+        "rain on a roof": "rain on a roof", "rain falling": "rain on a roof",
+        "a bell rings": "a bell rings", "a bell ringing": "a bell rings",
+    }  # fmt: skip
+    out = train_translator(cfg)
+    report = json.loads((out / "translator_config.json").read_text())
+    assert report["num_captions"] == 7 and report["canonical_bank"] == str(tmp_path / "bank")
+    assert report["relative_mse"] < 0.5  # measured against the canonical targets
+    encode = image_text_encoder("stable-diffusion", str(sd_preset / "sd"), "cpu")
+    head, other = encode(["rain on a roof"]), encode(["rain falling"])
+    points = FuseMixAdapters.from_pretrained(sd_preset / "adapters").embed(
+        "text", torch.from_numpy(enc.encode(["rain falling"]))
+    )
+    pred = Translator.from_pretrained(out).eval()(torch.nn.functional.normalize(points, dim=-1))
+    assert (pred - head).pow(2).mean() < (pred - other).pow(2).mean()

@@ -104,3 +104,36 @@ def test_part_dropout_keeps_retrieval_when_the_easy_part_fails(tmp_path):
         r1[name] = evaluate(model, load_pairs(tmp_path / "test" / "audio", tmp_path / "test" / "text"))
         r1[name] = r1[name]["audio_to_text"]["R@1"]
     assert r1["dropout"] > r1["plain"] + 0.15, r1
+
+
+def test_a_concat_cache_is_read_as_its_parts_by_default(tmp_path):
+    """`fusemix train` with no tower flags reads a concat:A+B token cache of equal widths as the recipe does (two
+    parts, every token kept, the recipe's part dropout); other caches, or an explicit --audio-parts, keep theirs."""
+    from types import SimpleNamespace
+
+    from fusion.encoders.concat import ConcatEncoder
+    from fusion.extract import _part_dims
+
+    part = SimpleNamespace(modality="audio", dim=4, token_dim=4, sample_rate=16000, pooling="mean")
+    wide = SimpleNamespace(modality="audio", dim=6, token_dim=6, sample_rate=16000, pooling="mean")
+    assert _part_dims(ConcatEncoder("concat:a+b", part, part), tokens=3) == [4, 4]
+    assert _part_dims(part, tokens=3) is None
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((4, 2, 8)).astype(np.float32)
+    write_latents(tmp_path / "text", text, [f"{i}#0" for i in range(4)], [str(i) for i in range(4)], {}, ["c"] * 4)
+
+    def config(dims, *flags):
+        audio = tmp_path / f"audio-{dims}"
+        meta = {"modality": "audio"} | ({"part_dims": dims} if dims else {})
+        write_latents(audio, rng.standard_normal((4, 3, 8)).astype(np.float32), list("0123"), list("0123"), meta)
+        args = ["--audio-latents", str(audio), "--text-latents", str(tmp_path / "text"), "--out", "o", *flags]
+        cfg = train_cli.parse_config(args)
+        return cfg.audio_adapter, cfg.audio_parts, cfg.keep, cfg.audio_part_dropout
+
+    assert config([4, 4]) == ("sparse", 2, 6, [0.4, 0.2])
+    assert config([4, 4], "--audio-part-dropout", "0.1", "0.1") == ("sparse", 2, 6, [0.1, 0.1])
+    assert config([4, 4], "--audio-parts", "1") == ("sparse", 1, 3, None)
+    assert config([4, 4], "--audio-adapter", "mlp") == ("mlp", 1, None, None)
+    assert config([2, 6]) == ("sparse", 1, 3, None)  # unequal widths cannot be read as one token sequence
+    assert config(None) == ("sparse", 1, 3, None)
+    assert _part_dims(ConcatEncoder("concat:a+c", part, wide), tokens=3) == [4, 6]
