@@ -89,6 +89,13 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         "its captions join the rows, and every row targets the first caption of the group nearest its caption in S "
         "(one answer per scene instead of the mean of its phrasings; default: each row its own caption)",
     )
+    p.add_argument(
+        "--no-audio-views",
+        dest="audio_views",
+        action="store_false",
+        help="with an --audio-latents cache holding augmented views (extract --augment), use each clip's own row "
+        "only (default: every view is a row too)",
+    )
     add_objective_options(p, d)
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))

@@ -56,6 +56,7 @@ ADDED_DEFAULTS = {"objective": "mse", "distill_weight": 1.0, "distill_images": "
 ADDED_DEFAULTS["audio_latents"] = None
 ADDED_DEFAULTS["arch"] = "mlp"
 ADDED_DEFAULTS["canonical_bank"] = None
+ADDED_DEFAULTS["audio_views"] = False
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -72,6 +73,7 @@ class TranslatorConfig:
     # captions join the rows, and every row targets the encoding of the first caption of the bank group nearest
     # its caption in S, so the translator learns what is said, not how; None: each row its own caption's encoding
     canonical_bank: str | None = None
+    audio_views: bool = True  # with augmented views in audio_latents, each view of a clip is a row too
     objective: str = "mse"  # "mse" (to e(c)), "distill" (through the frozen denoiser) or "both"
     distill_weight: float = 1.0  # weight of the distillation term in "both"
     distill_images: str = "auto"  # images of a caption: "render" (demo-world scene), "generate" (drawn once), "auto"
@@ -252,14 +254,31 @@ def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, ca
     audio = load_latents(Path(cfg.audio_latents), mmap=True)
     _check_audio_cache(cfg, adapters, audio)
     pairing = pair_by_clip(audio, text_cache, audio_name=cfg.audio_latents, text_name=cfg.text_latents)
+    rows, clip = pairing.audio_rows, np.arange(pairing.num_clips)  # each clip's own row
+    if cfg.audio_views and pairing.has_views:  # and its augmented views: where other rooms and voices land
+        rows, clip = pairing.view_rows, np.repeat(clip, pairing.view_counts)
     chunk = 1024
-    clip_points = torch.cat([
-        adapters.embed("audio", torch.from_numpy(np.asarray(audio.array[rows], dtype=np.float32)))
-        for rows in (pairing.audio_rows[i : i + chunk] for i in range(0, pairing.num_clips, chunk))
+    points = torch.cat([
+        adapters.embed("audio", torch.from_numpy(np.asarray(audio.array[part], dtype=np.float32)))
+        for part in (rows[i : i + chunk] for i in range(0, len(rows), chunk))
     ])  # fmt: skip
-    captions = torch.tensor([caption_index[text_cache.texts[r]] for r in pairing.caption_rows])
-    logger.info("%d audio clips paired with %d captions", pairing.num_clips, pairing.num_captions)
-    return clip_points[torch.from_numpy(pairing.caption_clip)].detach(), captions
+    caption_of_pair = np.array([caption_index[text_cache.texts[r]] for r in pairing.caption_rows])
+    pair_row, pair_caption = _pairs_of(clip, pairing.caption_clip, caption_of_pair)
+    logger.info("%d audio rows of %d clips paired with %d captions", len(rows), pairing.num_clips,
+                pairing.num_captions)  # fmt: skip
+    return points[torch.from_numpy(pair_row)].detach(), torch.from_numpy(pair_caption)
+
+
+def _pairs_of(clip_of_row: np.ndarray, caption_clip: np.ndarray, caption_of: np.ndarray):
+    """Every (audio row, caption) pair of one clip, as (row indices, caption indices), rows in order."""
+    order = np.argsort(caption_clip, kind="stable")
+    counts = np.bincount(caption_clip, minlength=int(clip_of_row.max()) + 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_row = counts[clip_of_row]
+    pair_row = np.repeat(np.arange(len(clip_of_row)), per_row)
+    offsets = np.arange(len(pair_row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    pair_caption = caption_of[order[np.repeat(starts[clip_of_row], per_row) + offsets]]
+    return pair_row, pair_caption
 
 
 def _check_audio_cache(cfg: TranslatorConfig, adapters: FuseMixAdapters, audio) -> None:

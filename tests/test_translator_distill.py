@@ -135,6 +135,26 @@ def test_audio_points_add_training_rows_and_change_the_translator(demo_inputs, f
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_augmented_views_are_rows_too_unless_turned_off(demo_inputs, fake_encoder, tmp_path):
+    """An audio cache with augmented views (extract --augment 2): each view is a row with its clip's caption."""
+    ids = [f"c{i}" for i in range(8)]
+    rows = [(f"{c}#aug{k}" if k else c, c) for c in ids for k in range(3)]
+    audio = torch.randn(len(rows), 6).numpy()
+    meta = {"modality": "audio", "encoder": "tiny"}
+    write_latents(tmp_path / "views", audio, [r for r, _ in rows], [c for _, c in rows], meta)
+    common = ["--epochs", "2", "--audio-latents", str(tmp_path / "views")]
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "all", *common)) == 0
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "own", *common, "--no-audio-views")) == 0
+    assert report(tmp_path / "all")["num_rows"] == 8 + 24 and report(tmp_path / "all")["audio_views"]
+    assert report(tmp_path / "own")["num_rows"] == 8 + 8 and not report(tmp_path / "own")["audio_views"]
+    cfg = translator_cli.parse_config(demo_args(demo_inputs, tmp_path / "x", *common))
+    data = trainer._load_data(cfg)
+    view_rows = torch.from_numpy(audio[2::3])  # each clip's second view, in clip order
+    points = FuseMixAdapters.from_pretrained(demo_inputs / "adapters").embed("audio", view_rows)
+    torch.testing.assert_close(data.points[8 + 2 :: 3], points)  # rows: clip by clip, own row then its views
+    assert data.row_caption[8:].tolist() == [i for i in range(8) for _ in range(3)]
+
+
 def test_bad_combinations_fail_with_one_line(demo_inputs, fake_encoder, tmp_path):
     with pytest.raises(InputError, match="--audio-latents .*dim 7.*takes 6"):
         translator_cli.main(demo_args(demo_inputs, tmp_path / "a", "--audio-latents", str(demo_inputs / "audio_wide")))
