@@ -156,8 +156,10 @@ def cache_tokens(folder: str) -> int | None:
 
 def cache_part_dims(folder: str) -> list[int] | None:
     """Widths of the encoders side by side in a cache's latents (``concat:A+B``; recorded by `fusemix extract`)."""
-    manifest = Path(folder) / "manifest.json"
-    return json.loads(manifest.read_text()).get("part_dims") if manifest.is_file() else None
+    try:
+        return json.loads((Path(folder) / "manifest.json").read_text()).get("part_dims")
+    except (OSError, ValueError, AttributeError):
+        return None  # missing or damaged: training names what is wrong with the cache
 
 
 def resolve_towers(args: dict) -> None:
