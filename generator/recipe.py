@@ -166,7 +166,7 @@ CONCAT = replace(TRANSCRIPT, name="concat", audio_encoder="concat:whisper-tiny.e
 # transcript's), one part blanked now and then in training (Whisper's 0.4 of the time, the transcript's 0.2) so
 # neither carries a clip alone, and every training clip paired with its scene in 5 more training phrasings, so S
 # keeps what is said, not how it is worded; its translator regresses one phrasing per scene (issue 18: text ->
-# translator 0.55 -> 0.995 background on the test split) (README).
+# translator 0.57 -> 1.00 background on the test split) (README).
 DEFAULT = replace(
     CONCAT,
     name="default",
