@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from fusion.adapters import AUDIO_ADAPTERS, TEXT_ADAPTERS
@@ -156,10 +155,9 @@ def cache_tokens(folder: str) -> int | None:
 
 def cache_part_dims(folder: str) -> list[int] | None:
     """Widths of the encoders side by side in a cache's latents (``concat:A+B``; recorded by `fusemix extract`)."""
-    try:
-        return json.loads((Path(folder) / "manifest.json").read_text()).get("part_dims")
-    except (OSError, ValueError, AttributeError):
-        return None  # missing or damaged: training names what is wrong with the cache
+    if not Path(folder).is_dir():
+        return None
+    return open_latents(Path(folder), mmap=True).meta.get("part_dims")
 
 
 def resolve_towers(args: dict) -> None:

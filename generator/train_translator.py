@@ -33,7 +33,7 @@ from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
 from fusion.crash import maybe_crash
 from fusion.errors import FusemixError, InputError
-from fusion.pairs import pair_by_clip
+from fusion.pairs import pair_by_clip, regroup
 from fusion.training import (
     Checkpoint,
     CheckpointManager,
@@ -263,22 +263,12 @@ def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, ca
         for part in (rows[i : i + chunk] for i in range(0, len(rows), chunk))
     ])  # fmt: skip
     caption_of_pair = np.array([caption_index[text_cache.texts[r]] for r in pairing.caption_rows])
-    pair_row, pair_caption = _pairs_of(clip, pairing.caption_clip, caption_of_pair)
+    # one row per (audio row, caption of its clip): the clip's captions, in caption order, for each audio row
+    positions, _, per_row = regroup(pairing.starts, pairing.counts, clip)
+    pair_row = torch.from_numpy(np.repeat(np.arange(len(rows)), per_row))
     logger.info("%d audio rows of %d clips paired with %d captions", len(rows), pairing.num_clips,
                 pairing.num_captions)  # fmt: skip
-    return points[torch.from_numpy(pair_row)].detach(), torch.from_numpy(pair_caption)
-
-
-def _pairs_of(clip_of_row: np.ndarray, caption_clip: np.ndarray, caption_of: np.ndarray):
-    """Every (audio row, caption) pair of one clip, as (row indices, caption indices), rows in order."""
-    order = np.argsort(caption_clip, kind="stable")
-    counts = np.bincount(caption_clip, minlength=int(clip_of_row.max()) + 1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    per_row = counts[clip_of_row]
-    pair_row = np.repeat(np.arange(len(clip_of_row)), per_row)
-    offsets = np.arange(len(pair_row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    pair_caption = caption_of[order[np.repeat(starts[clip_of_row], per_row) + offsets]]
-    return pair_row, pair_caption
+    return points[pair_row].detach(), torch.from_numpy(caption_of_pair[positions])
 
 
 def _check_audio_cache(cfg: TranslatorConfig, adapters: FuseMixAdapters, audio) -> None:
