@@ -76,6 +76,16 @@ TEMPLATES: tuple[str, ...] = (
     "could you paint a {size} {colour} {shape} on a {background} backdrop",
     "{background} backdrop, and on it a {size} {colour} {shape}",
     "a {size} {colour} {shape} set against a {background} background",
+    # 36-43: training phrasings that name the background first, each with another word for it (format version 3):
+    # with only 4 of 26 such phrasings, S learned "the first colour is the shape's" and swapped held-out ones
+    "{background} all around a {size} {colour} {shape}",
+    "a {background} canvas holding a {size} {colour} {shape}",
+    "the background is {background} and the shape is a {size} {colour} {shape}",
+    "{background} everywhere except for a {size} {colour} {shape}",
+    "the whole picture is {background} apart from a {size} {colour} {shape}",
+    "a {background} field with one {size} {colour} {shape}",
+    "a plain {background} wall and a {size} {colour} {shape} in front of it",
+    "{background} page, {size} {colour} {shape} in the centre",
 )
 
 SUPERSAMPLE = 4  # render at 4x and downsample, for anti-aliased edges
@@ -204,11 +214,16 @@ def caption(scene: Scene, template: int, rng: np.random.Generator) -> str:
     )
 
 
+# Words that follow the background's colour in the templates ("red backdrop", "red all around", "a red canvas").
+BACKGROUND_WORDS: tuple[str, ...] = ("background", "backdrop", "scene", "canvas", "field", "wall", "page", "all",
+                                     "everywhere")  # fmt: skip
+
+
 def parse_caption(text: str) -> dict[str, str]:
     """Attributes named in a caption written from the templates (used to score prompts).
 
-    The background colour is the one next to a background word ("background", "backdrop",
-    "scene", also "the background red") or after "on"/"against"; the other colour is the shape's.
+    The background colour is the one before a background word (``BACKGROUND_WORDS``) or after
+    "is"/"against"/"background"/"backdrop"/"on"; the other colour is the shape's.
     """
     words = text.lower().replace(",", " ").split()
     found: dict[str, str] = {}
@@ -217,7 +232,7 @@ def parse_caption(text: str) -> dict[str, str]:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         prev = words[i - 1] if i > 0 else ""
         is_bg = (
-            nxt in ("background", "backdrop", "scene")
+            nxt in BACKGROUND_WORDS
             or prev in ("is", "against", "background", "backdrop")
             or (prev == "on" and nxt not in SHAPES)
         )
@@ -235,8 +250,8 @@ def parse_caption(text: str) -> dict[str, str]:
 
 
 # Template splits: the test split's templates (and voices, see demoworld.speech) are never seen in training.
-# 26 training phrasings, 4 for validation, 6 held out for test (disjoint sets).
-TRAIN_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, *range(9, 29))
+# 34 training phrasings (12 name the background first), 4 for validation, 6 held out for test (disjoint sets).
+TRAIN_TEMPLATES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, *range(9, 29), *range(36, 44))
 VAL_TEMPLATES: tuple[int, ...] = (6, 29, 30, 31)
 TEST_TEMPLATES: tuple[int, ...] = (7, 8, 32, 33, 34, 35)
 # The phrasings the image model, the caption bank and the translator are trained on (every scene x these x both

@@ -93,9 +93,12 @@ def judge_condition(pipes: dict, condition: str, split: Split, a: argparse.Names
             cond = conditioning(pipes, condition, split, rows, a.batch)
             out = pipes["preset"].denoise(cond, num_inference_steps=a.steps, guidance_scale=a.guidance, seed=seeds)
         images += [per_clip[0] for per_clip in out]
-    accuracy = judge.score(images, [it["scene"] for it in split.items])["accuracy"]
-    result = {k: round(float(v), 3) for k, v in accuracy.items()}
+    scored = judge.score(images, [it["scene"] for it in split.items])
+    result = {k: round(float(v), 3) for k, v in scored["accuracy"].items()}
     result["seconds"] = round(time.time() - t0, 1)
+    # what the judge saw in each picture, for the misses: the JSON report's "clips"
+    result["clips"] = [{"id": it["id"], "seen": seen, "correct": ok}
+                       for it, seen, ok in zip(split.items, scored["judged"], scored["correct"], strict=True)]  # fmt: skip
     return result
 
 
