@@ -30,7 +30,8 @@ from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES
 
 
 def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> None:
-    """What the translator is trained against (MSE or distillation through the image model) and its architecture."""
+    """What the translator is trained against (MSE or distillation through the image model), its architecture and
+    where it starts."""
     p.add_argument(
         "--objective",
         choices=OBJECTIVES,
@@ -53,6 +54,13 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         default=d.arch,
         help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
         "--num-blocks transformer blocks (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="TRANSLATOR",
+        help="start from this translator's weights (same --arch and --num-blocks), e.g. an mse run to fine-tune "
+        "with --objective distill or both (default: a fresh translator)",
     )
 
 

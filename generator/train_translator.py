@@ -57,6 +57,7 @@ ADDED_DEFAULTS["audio_latents"] = None
 ADDED_DEFAULTS["arch"] = "mlp"
 ADDED_DEFAULTS["canonical_bank"] = None
 ADDED_DEFAULTS["audio_views"] = False
+ADDED_DEFAULTS["init_from"] = None
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -85,6 +86,7 @@ class TranslatorConfig:
     noise: float = 0.05  # std of Gaussian noise added per dimension to the unit-norm S inputs (then renormalised)
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
     arch: str = "mlp"  # "mlp" or "queries" (generator.translator)
+    init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
     dropout: float = 0.1
     seed: int = 0
     progress: bool = True
@@ -327,12 +329,33 @@ def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
         model.load_state_dict(
             Translator.from_pretrained(str(resumed.folder), use_safetensors=True).state_dict(), strict=True
         )
+    elif cfg.init_from:
+        model.load_state_dict(_warm_start(cfg.init_from, model).state_dict(), strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "step": 0, "history": []}
     if resumed is not None:
         restore_optimizer(opt, resumed)
         state = resumed.state
     return model, opt, state
+
+
+def _warm_start(folder: str, model: Translator) -> Translator:
+    """The translator in ``folder``, when it has the shape of ``model``; one clear line otherwise."""
+    if not (Path(folder) / "config.json").is_file():
+        raise InputError(f"--init-from {folder}: no translator there (config.json missing)")
+    try:
+        start = Translator.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--init-from {folder}: not a translator folder ({str(err).splitlines()[0]})") from None
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    have = {k: v.shape for k, v in start.state_dict().items()}
+    if want != have:
+        diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        raise InputError(
+            f"--init-from {folder}: its weights do not fit this run's translator (--arch, --num-blocks, the shared "
+            f"and image model's dims): {', '.join(diff[:3])}"
+        )
+    return start
 
 
 def _run_epoch(

@@ -155,6 +155,27 @@ def test_augmented_views_are_rows_too_unless_turned_off(demo_inputs, fake_encode
     assert data.row_caption[8:].tolist() == [i for i in range(8) for _ in range(3)]
 
 
+def test_init_from_starts_from_that_translator_and_refuses_one_of_another_shape(demo_inputs, fake_encoder, tmp_path):
+    """MSE first, then distillation from its weights: the fine-tune starts where the MSE run ended."""
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "mse", "--epochs", "3")) == 0
+    start = load_file(str(tmp_path / "mse" / "diffusion_pytorch_model.safetensors"))
+    tiny_lr = ["--epochs", "1", "--lr", "1e-9", "--objective", "both", "--dropout", "0"]
+    warm = demo_args(demo_inputs, tmp_path / "warm", *tiny_lr, "--init-from", str(tmp_path / "mse"))
+    assert translator_cli.main(warm) == 0
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "cold", *tiny_lr)) == 0
+    warm_w, cold_w = (load_file(str(tmp_path / r / "diffusion_pytorch_model.safetensors")) for r in ("warm", "cold"))
+    for name, value in start.items():  # a learning rate of 1e-9 leaves the weights where they started
+        torch.testing.assert_close(warm_w[name], value, atol=1e-6, rtol=0)
+    assert any(not torch.allclose(cold_w[k], start[k], atol=1e-3) for k in start)
+    assert report(tmp_path / "warm")["init_from"] == str(tmp_path / "mse")
+    with pytest.raises(InputError, match="--init-from .*do not fit"):
+        translator_cli.main(
+            demo_args(demo_inputs, tmp_path / "x", "--num-blocks", "2", "--init-from", str(tmp_path / "mse"))
+        )
+    with pytest.raises(InputError, match="--init-from .*no translator there"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "y", "--init-from", str(tmp_path / "missing")))
+
+
 def test_bad_combinations_fail_with_one_line(demo_inputs, fake_encoder, tmp_path):
     with pytest.raises(InputError, match="--audio-latents .*dim 7.*takes 6"):
         translator_cli.main(demo_args(demo_inputs, tmp_path / "a", "--audio-latents", str(demo_inputs / "audio_wide")))
