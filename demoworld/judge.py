@@ -30,6 +30,7 @@ SIZE_THRESHOLD = math.sqrt(scenes.SIZE_RADIUS["small"] * scenes.SIZE_RADIUS["lar
 SCALES = (0.92, 1.0, 1.08)  # template radii tried around the area estimate
 # Blur (Gaussian sigma in pixels per 32 px of side) applied to templates: blurred renders lose their corners.
 BLURS = (0.0, 1.0)
+STRAY_TOLERANCE = 48.0  # RGB distance from the bg-to-shape colour line beyond which a pixel is stray
 
 
 def nearest_colour(rgb: np.ndarray, exclude: str | None = None) -> str:
@@ -131,6 +132,18 @@ def judge_image(rgb: np.ndarray | Image.Image) -> dict[str, str]:
     return result
 
 
+def stray_share(rgb: np.ndarray | Image.Image, seen: Mapping[str, str], tolerance: float = STRAY_TOLERANCE) -> float:
+    """Share of pixels that are no blend of the two colours the judge read (``seen``): blotches and smears that
+    the attributes do not score. A clean render scores 0 (its anti-aliased edges are blends)."""
+    img = as_rgb(rgb)
+    bg = _PALETTE[_NAMES.index(seen["background"])]
+    fg = _PALETTE[_NAMES.index(seen["colour"])] if seen.get("colour", NONE) != NONE else bg
+    axis = fg - bg
+    t = np.clip(((img - bg) @ axis) / max(float(axis @ axis), 1e-6), 0.0, 1.0)
+    dist = np.linalg.norm(img - (bg + t[..., None] * axis), axis=2)
+    return float((dist > tolerance).mean())
+
+
 def expected_attributes(prompt: Mapping | str) -> dict[str, str]:
     """The attributes a prompt asks for: a scene dict, or a caption parsed with scenes.parse_caption."""
     if isinstance(prompt, str):
@@ -148,7 +161,8 @@ def score(images: Sequence[np.ndarray | Image.Image], prompts: Sequence[Mapping 
     of generated demo-world images (``fusemix demo judge``, ``fusemix demo run``, scripts/eval_demo_generation.py).
 
     Returns {"accuracy": {attribute: fraction, "all": fraction fully right}, "count": n, "named": {attribute: n},
-    "judged": [attributes seen, per image], "correct": [{attribute: bool}, per image]}.
+    "judged": [attributes seen, per image], "correct": [{attribute: bool}, per image],
+    "stray": [stray_share, per image]}.
     """
     if len(images) != len(prompts):
         raise ValueError(f"images and prompts must have one length, got {len(images)} and {len(prompts)}")
@@ -159,7 +173,9 @@ def score(images: Sequence[np.ndarray | Image.Image], prompts: Sequence[Mapping 
     named = {a: sum(a in c for c in correct) for a in ATTRIBUTES}
     accuracy = {a: sum(c.get(a, False) for c in correct) / named[a] for a in ATTRIBUTES if named[a]}
     accuracy["all"] = sum(all(c.values()) for c in correct) / len(images)
-    return {"accuracy": accuracy, "count": len(images), "named": named, "judged": judged, "correct": correct}
+    stray = [stray_share(image, seen) for image, seen in zip(images, judged, strict=True)]
+    return {"accuracy": accuracy, "count": len(images), "named": named, "judged": judged, "correct": correct,
+            "stray": stray}  # fmt: skip
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -15,7 +15,9 @@ for all, through the pipeline's own steps (``embed_text``/``embed_audio`` -> ``c
   audio-retrieve    the spoken caption -> nearest caption in the bank -> text prompt (the demo default)
   asr-cascade       Whisper tiny.en transcript (beam 5) -> MiniLM -> nearest bank caption -> text prompt
   baseline-retrieve audio-retrieve with the --baseline preset (e.g. the previous shipped default)
-Besides the images, it prints text->audio R@1 among each split's evaluated clips in the preset's shared space.
+Each row also gives the mean stray-pixel share (``judge.stray_share``: pixels that are no blend of the two colours
+the judge read), which the attributes do not score. Besides the images, it prints text->audio R@1 among each
+split's evaluated clips in the preset's shared space.
 The text conditions do not depend on the voice: a split whose clips have the first split's ids and captions (a
 `build-other`/`build-neural` re-speaking of it) skips them, as they would draw the same images.
 """
@@ -95,6 +97,7 @@ def judge_condition(pipes: dict, condition: str, split: Split, a: argparse.Names
         images += [per_clip[0] for per_clip in out]
     scored = judge.score(images, [it["scene"] for it in split.items])
     result = {k: round(float(v), 3) for k, v in scored["accuracy"].items()}
+    result["stray"] = round(sum(scored["stray"]) / len(images), 4)  # blotches the attributes do not score
     result["seconds"] = round(time.time() - t0, 1)
     # what the judge saw in each picture, for the misses: the JSON report's "clips"
     result["clips"] = [{"id": it["id"], "seen": seen, "correct": ok}
@@ -120,13 +123,14 @@ def parse_splits(values: list[str]) -> list[tuple[str, Path]]:
 
 def print_table(results: dict) -> None:
     columns = (*judge.ATTRIBUTES, "all")
-    print(f"{'split':<8}{'condition':<18}" + "".join(f"{k:>12}" for k in columns) + f"{'seconds':>10}")
+    print(f"{'split':<8}{'condition':<18}" + "".join(f"{k:>12}" for k in columns) + f"{'stray':>8}{'seconds':>10}")
     for split, conds in results.items():
         for cond, r in conds.items():
             if cond == "text_to_audio_R@1":
                 print(f"{split:<8}{'text->audio R@1':<18}{r:>12.3f}")
                 continue
-            print(f"{split:<8}{cond:<18}" + "".join(f"{r[k]:>12.3f}" for k in columns) + f"{r['seconds']:>10.1f}")
+            row = "".join(f"{r[k]:>12.3f}" for k in columns) + f"{r['stray']:>8.4f}{r['seconds']:>10.1f}"
+            print(f"{split:<8}{cond:<18}" + row)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -173,3 +174,15 @@ def test_demo_run_scores_with_the_judge(tmp_path, monkeypatch, capsys):
             assert report["accuracy"]["background"] == pytest.approx(right) == report["accuracy"]["all"]
             assert report["accuracy"]["shape"] == 1.0
         assert f"accuracy (retrieve mode): background {report['accuracy']['background']:.2f}" in capsys.readouterr().out
+
+
+def test_stray_share_is_zero_on_clean_renders_and_counts_a_blotch_of_a_third_colour():
+    scene = scenes.Scene("circle", "red", "large", "white")
+    clean = scenes.render(scene, 64)
+    seen = judge.judge_image(clean)
+    assert judge.stray_share(clean, seen) == 0.0  # anti-aliased edges are blends of the two colours
+
+    blotched = clean.copy()
+    blotched[:8, :16] = scenes.COLOURS["green"]  # 128 of 4,096 pixels: a colour that is neither
+    assert judge.stray_share(blotched, seen) == pytest.approx(128 / 4096)
+    assert judge.score([clean, blotched], [dataclasses.asdict(scene)] * 2)["stray"] == [0.0, pytest.approx(128 / 4096)]
