@@ -75,6 +75,7 @@ def make_default(recipe: DemoRecipe, work: str | Path, out: str | Path) -> Path:
     _train_adapters(recipe, layout)
     _train_translator(recipe, layout)
     _train_image_model(recipe, layout)
+    _train_translator(recipe, layout, tuned=True)  # against the image model: after it
     return write_preset(recipe, layout, Path(out))
 
 
@@ -204,17 +205,20 @@ def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
     run_step(layout, "eval", _settings(cfg), score, [layout.work / "fusemix_eval.json"])
 
 
-def _train_translator(recipe: DemoRecipe, layout: Layout) -> None:
+def _train_translator(recipe: DemoRecipe, layout: Layout, tuned: bool = False) -> None:
+    """The MSE translator, or (``tuned``) its fine-tune against the image model when the recipe has one."""
     from generator.train_translator import ADDED_DEFAULTS, checkpoint_manager, train_translator
 
-    cfg = translator_config(recipe, layout)
+    if tuned and recipe.translator_tune is None:
+        return
+    cfg = translator_config(recipe, layout, tuned=tuned)
 
     def fit() -> None:
         train_translator(cfg, resume=checkpoint_manager(cfg).latest() is not None)
 
     # fields added later are recorded only when set otherwise, so steps finished before they existed still match
     settings = {k: v for k, v in _settings(cfg).items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
-    run_step(layout, "translator", settings, fit, [layout.translator])
+    run_step(layout, "translator_tune" if tuned else "translator", settings, fit, [Path(cfg.out)])
 
 
 def _train_image_model(recipe: DemoRecipe, layout: Layout) -> None:
@@ -321,9 +325,8 @@ def write_preset(recipe: DemoRecipe, layout: Layout, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     copy_model(layout.adapters, out / "adapters", half=recipe.half)
     # the translator folder is its own checkpoint: the preset keeps the model and translator_config.json
-    copy_model(
-        layout.translator, out / "translator", half=recipe.half, leave=("trainer_state.json", "train_config.json")
-    )
+    translator = layout.translator if recipe.translator_tune is None else layout.translator_tuned
+    copy_model(translator, out / "translator", half=recipe.half, leave=("trainer_state.json", "train_config.json"))
     copy_model(layout.image_model, out / "image_model")
     bank = load_latents(layout.latents("text", "bank"))
     save_caption_bank(out / "caption_bank", list(bank.texts), bank_points(out / "adapters", bank.array))

@@ -45,6 +45,8 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, audio_keep=65).check()  # 32 tokens x 2 parts
     with pytest.raises(ValueError, match="text_keep"):
         replace(DEFAULT, text_tokens=None).check()
+    with pytest.raises(ValueError, match="translator_tune"):
+        replace(DEFAULT, translator_tune="mse").check()
     for recipe in RECIPES.values():
         recipe.check()
 
@@ -128,6 +130,11 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     assert trained["text_latents"].endswith("text_train_all_paraphrased")  # both worlds' clips, paraphrased
     count = lambda name: json.loads((tmp_path / "work/latents" / name / "manifest.json").read_text())["count"]  # noqa: E731
     assert count("text_train_all_paraphrased") == (1 + TINY.paraphrases) * count("text_train_all") > 0
+    # the shipped translator is the fine-tune of the MSE one against the tiny run's own (trained) image model
+    translator = json.loads((out / "translator/translator_config.json").read_text())
+    assert (translator["objective"], translator["epochs"]) == (TINY.translator_tune, TINY.translator_tune_epochs)
+    assert translator["init_from"] == "work/translator" and translator["image_model"] == "work/image_model"
+    assert 0 < translator["distill_error"] < float("inf") and translator["distill_error_start"] > 0
 
     markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "steps").glob("*.json")}
     assert len(markers) >= 15
