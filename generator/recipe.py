@@ -341,7 +341,9 @@ def translator_config(recipe: DemoRecipe, layout: Layout, tuned: bool | None = N
     """The shipped translator's TranslatorConfig (its ``translator_config.json`` is what ``--check`` compares):
     the fine-tune's when ``translator_tune`` is set, else the MSE run's; ``tuned=False``: the MSE run's."""
     base = _translator_base_config(recipe, layout)
-    if not (recipe.translator_tune is not None if tuned is None else tuned):
+    if tuned is None:
+        tuned = recipe.translator_tune is not None
+    if not tuned:
         return base
     return replace(
         base, out=str(layout.translator_tuned), init_from=str(layout.translator), objective=recipe.translator_tune,

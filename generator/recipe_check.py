@@ -31,8 +31,16 @@ from generator.recipe import (
 )
 
 INPUT_FIELDS = frozenset(
-    {"audio_latents", "text_latents", "hard_negatives", "adapters", "translator", "image_model", "canonical_bank"}
-    | {"init_from"}
+    {
+        "audio_latents",
+        "text_latents",
+        "hard_negatives",
+        "adapters",
+        "translator",
+        "image_model",
+        "canonical_bank",
+        "init_from",
+    }
 )
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
 RESULT_FIELDS = frozenset(

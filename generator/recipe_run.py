@@ -325,7 +325,7 @@ def write_preset(recipe: DemoRecipe, layout: Layout, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     copy_model(layout.adapters, out / "adapters", half=recipe.half)
     # the translator folder is its own checkpoint: the preset keeps the model and translator_config.json
-    translator = layout.translator if recipe.translator_tune is None else layout.translator_tuned
+    translator = Path(translator_config(recipe, layout).out)  # the fine-tune's folder when the recipe has one
     copy_model(translator, out / "translator", half=recipe.half, leave=("trainer_state.json", "train_config.json"))
     copy_model(layout.image_model, out / "image_model")
     bank = load_latents(layout.latents("text", "bank"))
