@@ -56,6 +56,14 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "--num-blocks transformer blocks (default: %(default)s)",
     )
     p.add_argument(
+        "--neighbour-mix",
+        type=float,
+        default=d.neighbour_mix,
+        help="share of each batch's rows moved part of the way (up to the midpoint) toward a neighbouring scene's "
+        "point in S, keeping their own target: the translator picks the nearer scene where a clip lands between "
+        "two, instead of a blend that draws neither (default: %(default)s)",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         metavar="TRANSLATOR",

@@ -7,14 +7,16 @@
 Steps (each writes under WORK; the preset goes to OUT):
 
 1. ``world``, ``world_extra``: build the demo world, and a second build (another seed) whose training split adds
-   training clips (its val/test splits go unused);
+   training clips (its val/test splits go unused); ``world_translator`` (with ``translator_world_size``): a build
+   whose training clips only the translator reads;
 2. ``extract_*``: audio and text latents (token latents when ``audio_tokens``/``text_tokens`` are set) of the
    training, validation and test splits, the extra world's training split, and of the caption bank (every scene
    combination x image template, both size words); ``swaps_*``: the training captions with their two colours
    exchanged, and their text latents (hard negatives); ``paraphrases_*`` (with ``paraphrases``): each training
    clip's caption plus its scene in other training phrasings, and their latents (``text_train_paraphrased``, what
    FuseMix then trains on; the swaps are of these); ``train_all``/``swaps_all``: the two worlds' caches joined
-   (with no extra world, training reads the main world's caches as they are);
+   (with no extra world, training reads the main world's caches as they are); ``*_translator_all``: those joined
+   with the translator world's training clips and captions;
 3. ``fusemix``: FuseMix adapters (``fusion.train``), then ``eval``: retrieval on the test split;
 4. ``translator``: shared space -> the image model's token states, trained on the bank captions (or, with
    ``translator_audio_points``, on the training captions and where their clips land in S);
@@ -49,6 +51,10 @@ class DemoRecipe:
     world_seed: int = 0  # seed of the main world (its test split is the README's yardstick)
     extra_world_size: str | None = "4600"  # a second build adding its 3,000 training scenes (6,000 clips); None: none
     extra_world_seed: int = 1  # seed of the second build (must differ from world_seed)
+    # a further build whose training clips only the translator reads (`train-translator --audio-latents`): where
+    # clips the adapters never trained on land, as a user's do; None: the adapters' own training clips alone
+    translator_world_size: str | None = None
+    translator_world_seed: int = 2  # its seed (must differ from world_seed and extra_world_seed)
     resolution: int = 32  # image side of the worlds' scenes and of the image model
     # -- encoders and latents
     audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
@@ -93,6 +99,9 @@ class DemoRecipe:
     translator_dropout: float = 0.1  # dropout inside them
     translator_arch: str = "mlp"  # "mlp" or "queries" (learned per-token queries; generator.translator)
     translator_seed: int = 0  # seeds init, order and noise
+    # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
+    # --neighbour-mix`): the translator picks the nearer scene between two instead of drawing a blend
+    translator_neighbour_mix: float = 0.0
     # train the translator on the training pairs (each clip's point in S and its caption's point, both with the
     # caption's conditioning as target) instead of the bank captions alone (`train-translator --audio-latents`)
     translator_audio_points: bool = False
@@ -137,6 +146,11 @@ class DemoRecipe:
         """Settings that cannot work together, named, before anything runs."""
         if self.extra_world_size is not None and self.extra_world_seed == self.world_seed:
             raise ValueError(f"extra_world_seed must differ from world_seed ({self.world_seed}): same clips twice")
+        seeds = (self.world_seed, self.extra_world_seed)
+        if self.translator_world_size is not None and self.translator_world_seed in seeds:
+            raise ValueError("translator_world_seed must differ from world_seed and extra_world_seed: same clips twice")
+        if self.translator_world_size is not None and not self.translator_audio_points:
+            raise ValueError("translator_world_size needs translator_audio_points (its clips are audio rows)")
         if self.image_steps <= self.image_base_steps:
             raise ValueError(f"image_steps ({self.image_steps}) must exceed image_base_steps ({self.image_base_steps})")
         if self.translator_tune not in (None, "distill", "both"):
@@ -221,6 +235,7 @@ TINY = replace(
     reuse_image_model=False,  # ... and the image model's own training steps
     world_size="small",
     extra_world_size="12",
+    translator_world_size="12",  # ... a world only the translator reads,
     bank_scenes=4,
     epochs=2,
     batch_size=16,
@@ -251,6 +266,10 @@ class Layout:
     @property
     def extra_world(self) -> Path:
         return self.work / "world_extra"
+
+    @property
+    def translator_world(self) -> Path:
+        return self.work / "world_translator"
 
     def latents(self, modality: str, split: str) -> Path:
         """Cache of ``split`` (train, test, extra_train, train_all, bank) for ``modality``."""
@@ -358,6 +377,8 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
 
     pairs = recipe.translator_audio_points
     split = "train" if recipe.extra_world_size is None else "train_all"
+    if recipe.translator_world_size is not None:
+        split = "translator_all"
     return TranslatorConfig(
         adapters=str(layout.adapters),
         text_latents=str(layout.latents("text", split if pairs else "bank")),
@@ -375,6 +396,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
         dropout=recipe.translator_dropout,
         arch=recipe.translator_arch,
         seed=recipe.translator_seed,
+        neighbour_mix=recipe.translator_neighbour_mix,
         progress=False,
         device=recipe.device,
     )

@@ -72,6 +72,7 @@ def make_default(recipe: DemoRecipe, work: str | Path, out: str | Path) -> Path:
     layout = Layout(Path(work))
     _build_worlds(recipe, layout)
     _extract_all(recipe, layout)
+    _translator_world_caches(recipe, layout)
     _train_adapters(recipe, layout)
     _train_translator(recipe, layout)
     _train_image_model(recipe, layout)
@@ -85,6 +86,10 @@ def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
     worlds = [("world", layout.world, recipe.world_size, recipe.world_seed)]
     if recipe.extra_world_size is not None:
         worlds.append(("world_extra", layout.extra_world, recipe.extra_world_size, recipe.extra_world_seed))
+    if recipe.translator_world_size is not None:
+        worlds.append(
+            ("world_translator", layout.translator_world, recipe.translator_world_size, recipe.translator_world_seed)
+        )
     for name, folder, size, seed in worlds:
         cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False)
         run_step(layout, name, asdict(cfg), lambda cfg=cfg: build(cfg), [folder / "README.json"])
@@ -123,6 +128,19 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
         run_step(
             layout, f"{modality}_{joined}", {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out]
         )
+
+
+def _translator_world_caches(recipe: DemoRecipe, layout: Layout) -> None:
+    """The translator world's training clips and captions, joined after the adapters' own training caches."""
+    if recipe.translator_world_size is None:
+        return
+    own = "train" if recipe.extra_world_size is None else "train_all"
+    for modality in ("audio", "text"):
+        _extract(recipe, layout, modality, layout.translator_world / "train.jsonl", "translator_train")
+        sources = [("", layout.latents(modality, own)), ("translator-", layout.latents(modality, "translator_train"))]
+        out = layout.latents(modality, "translator_all")
+        name = f"{modality}_translator_all"
+        run_step(layout, name, {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out])
 
 
 def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> Path:

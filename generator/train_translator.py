@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ ADDED_DEFAULTS["arch"] = "mlp"
 ADDED_DEFAULTS["canonical_bank"] = None
 ADDED_DEFAULTS["audio_views"] = False
 ADDED_DEFAULTS["init_from"] = None
+ADDED_DEFAULTS["neighbour_mix"] = 0.0
+NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -84,6 +87,9 @@ class TranslatorConfig:
     lr: float = 1e-3  # AdamW, cosine decay to lr/100
     weight_decay: float = 0.01
     noise: float = 0.05  # std of Gaussian noise added per dimension to the unit-norm S inputs (then renormalised)
+    # share of each batch's rows moved part of the way (up to the midpoint) toward a neighbouring target's point in
+    # S, keeping their own target: a sharp step between neighbouring scenes instead of a blend that draws neither
+    neighbour_mix: float = 0.0
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
     arch: str = "mlp"  # "mlp" or "queries" (generator.translator)
     init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
@@ -119,6 +125,32 @@ class _Data:
     def caption_points(self) -> torch.Tensor:
         return self.points[: len(self.texts)]
 
+    @cached_property
+    def neighbours(self) -> torch.Tensor:
+        """(captions, NEIGHBOURS): for each target caption, the other targets nearest its point in S (cosine)."""
+        heads = torch.unique(self.row_caption)
+        unit = F.normalize(self.caption_points[heads], dim=-1)
+        sims = (unit @ unit.T).fill_diagonal_(-2.0)
+        k = max(1, min(NEIGHBOURS, len(heads) - 1))
+        table = torch.zeros(len(self.texts), k, dtype=torch.long)
+        table[heads] = heads[sims.topk(k, dim=1).indices]
+        return table
+
+
+def toward_neighbours(
+    inputs: torch.Tensor, captions: torch.Tensor, data: _Data, share: float, gen: torch.Generator
+) -> torch.Tensor:
+    """A ``share`` of the rows moved a random part of the way (up to the midpoint) from their input toward the
+    point of one of their target's nearest other targets; their targets stay. Trains the translator to pick
+    the nearer scene, as retrieval does, where a clip lands between two."""
+    n = len(inputs)
+    chosen = torch.rand(n, generator=gen) < share
+    table = data.neighbours[captions]
+    partner = table[torch.arange(n), torch.randint(table.shape[1], (n,), generator=gen)]
+    keep = 0.5 + 0.5 * torch.rand(n, 1, generator=gen)  # >= 0.5: the input stays nearer its own target
+    mixed = F.normalize(keep * inputs + (1 - keep) * data.caption_points[partner], dim=-1)
+    return torch.where(chosen[:, None], mixed, inputs)
+
 
 def checkpoint_manager(cfg: TranslatorConfig) -> CheckpointManager:
     """The translator folder is its own checkpoint; a resumed run may change only ``RESUMABLE_CHANGES``."""
@@ -135,6 +167,8 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError(f"--distill-images must be one of {DISTILL_IMAGES}, got {cfg.distill_images!r}")
     if cfg.distill_weight < 0 or cfg.distill_steps < 1:
         raise InputError("--distill-weight must be >= 0 and --distill-steps >= 1")
+    if not 0 <= cfg.neighbour_mix <= 1:
+        raise InputError(f"--neighbour-mix must be in [0, 1], got {cfg.neighbour_mix}")
     if cfg.objective == "mse" and cfg.distill_images != "auto":
         raise InputError("--distill-images needs --objective distill or both (mse does not use images)")
 
@@ -370,6 +404,7 @@ def _run_epoch(
     gen = torch_generator(cfg.seed, "epoch", epoch)
     reseed_global(cfg.seed, "dropout", epoch)
     dgen, rng = torch_generator(cfg.seed, "distill", epoch), numpy_generator(cfg.seed, "render", epoch)
+    mgen = torch_generator(cfg.seed, "neighbour", epoch)
     steps_per_epoch = math.ceil(data.num_rows / cfg.batch_size)
     order = torch.randperm(data.num_rows, generator=gen)
     model.train()
@@ -379,6 +414,8 @@ def _run_epoch(
         inputs = noisy(data.points[idx], cfg.noise, gen)
         inputs = torch.where((idx >= len(data.texts))[:, None], data.points[idx], inputs)  # audio rows: as they land
         captions = data.row_caption[idx]
+        if cfg.neighbour_mix > 0:
+            inputs = toward_neighbours(inputs, captions, data, cfg.neighbour_mix, mgen)
         pred = model(inputs)
         mse = F.mse_loss(pred, data.targets[captions])
         loss = mse

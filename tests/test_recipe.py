@@ -45,6 +45,10 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, audio_keep=65).check()  # 32 tokens x 2 parts
     with pytest.raises(ValueError, match="text_keep"):
         replace(DEFAULT, text_tokens=None).check()
+    with pytest.raises(ValueError, match="translator_world_seed"):
+        replace(DEFAULT, translator_world_size="12", translator_world_seed=DEFAULT.world_seed).check()
+    with pytest.raises(ValueError, match="translator_world_size needs translator_audio_points"):
+        replace(DEFAULT, translator_world_size="12", translator_audio_points=False).check()
     with pytest.raises(ValueError, match="translator_tune"):
         replace(DEFAULT, translator_tune="mse").check()
     for recipe in RECIPES.values():
@@ -135,6 +139,11 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     assert (translator["objective"], translator["epochs"]) == (TINY.translator_tune, TINY.translator_tune_epochs)
     assert translator["init_from"] == "work/translator" and translator["image_model"] == "work/image_model"
     assert 0 < translator["distill_error"] < float("inf") and translator["distill_error_start"] > 0
+    # ... trained on the adapters' clips and on the translator world's, which the adapters never saw
+    assert translator["audio_latents"] == "work/latents/audio_translator_all"
+    assert count("audio_translator_all") == count("audio_train_all") + count("audio_translator_train")
+    assert count("text_translator_all") == count("text_train_all") + count("text_translator_train") > 0
+    assert translator["text_latents"] == "work/latents/text_translator_all"
 
     markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "steps").glob("*.json")}
     assert len(markers) >= 15

@@ -176,6 +176,37 @@ def test_init_from_starts_from_that_translator_and_refuses_one_of_another_shape(
         translator_cli.main(demo_args(demo_inputs, tmp_path / "y", "--init-from", str(tmp_path / "missing")))
 
 
+def test_neighbour_mix_moves_rows_toward_a_neighbour_but_keeps_them_nearer_their_own_target(
+    demo_inputs, fake_encoder, tmp_path
+):
+    cfg = translator_cli.parse_config(demo_args(demo_inputs, tmp_path / "x", "--neighbour-mix", "1"))
+    data = trainer._load_data(cfg)
+    table = data.neighbours
+    assert table.shape == (8, trainer.NEIGHBOURS)
+    assert all(i not in row and len(set(row)) == len(row) for i, row in enumerate(table.tolist()))
+    unit = torch.nn.functional.normalize(data.caption_points, dim=-1)
+    sims = unit @ unit.T
+    assert sims[0, table[0, 0]] == max(sims[0, j] for j in range(1, 8))  # the nearest other target comes first
+
+    captions = torch.arange(8).repeat(4)
+    inputs = data.caption_points[captions]
+    gen = torch.Generator().manual_seed(0)
+    moved = trainer.toward_neighbours(inputs, captions, data, 1.0, gen)
+    own = (moved * unit[captions]).sum(-1)
+    partner_sims = moved @ unit.T
+    assert (moved.norm(dim=-1) - 1).abs().max() < 1e-5
+    assert ((moved - inputs).norm(dim=-1) > 0).all()  # every row moved ...
+    for r, c in enumerate(captions.tolist()):  # ... toward one of its neighbours, and stays nearer its own target
+        partner = max(table[c].tolist(), key=lambda j: partner_sims[r, j].item())
+        assert own[r] >= partner_sims[r, partner] - 1e-5
+    assert torch.equal(trainer.toward_neighbours(inputs, captions, data, 0.0, gen), inputs)
+
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "mix", "--epochs", "2", "--neighbour-mix", "0.5")) == 0
+    assert report(tmp_path / "mix")["neighbour_mix"] == 0.5
+    with pytest.raises(InputError, match="--neighbour-mix must be in"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "bad", "--neighbour-mix", "1.5"))
+
+
 def test_bad_combinations_fail_with_one_line(demo_inputs, fake_encoder, tmp_path):
     with pytest.raises(InputError, match="--audio-latents .*dim 7.*takes 6"):
         translator_cli.main(demo_args(demo_inputs, tmp_path / "a", "--audio-latents", str(demo_inputs / "audio_wide")))
