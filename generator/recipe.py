@@ -52,7 +52,8 @@ class DemoRecipe:
     extra_world_size: str | None = "4600"  # a second build adding its 3,000 training scenes (6,000 clips); None: none
     extra_world_seed: int = 1  # seed of the second build (must differ from world_seed)
     # a further build whose training clips only the translator reads (`train-translator --audio-latents`): where
-    # clips the adapters never trained on land, as a user's do; None: the adapters' own training clips alone
+    # clips the adapters never trained on land, as a user's do (no gain measured: README); None: the adapters' own
+    # training clips alone
     translator_world_size: str | None = None
     translator_world_seed: int = 2  # its seed (must differ from world_seed and extra_world_seed)
     resolution: int = 32  # image side of the worlds' scenes and of the image model
@@ -100,7 +101,7 @@ class DemoRecipe:
     translator_arch: str = "mlp"  # "mlp" or "queries" (learned per-token queries; generator.translator)
     translator_seed: int = 0  # seeds init, order and noise
     # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
-    # --neighbour-mix`): the translator picks the nearer scene between two instead of drawing a blend
+    # --neighbour-mix`), meant to make the translator pick the nearer of two scenes; no gain measured (README)
     translator_neighbour_mix: float = 0.0
     # train the translator on the training pairs (each clip's point in S and its caption's point, both with the
     # caption's conditioning as target) instead of the bank captions alone (`train-translator --audio-latents`)

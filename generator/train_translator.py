@@ -88,7 +88,8 @@ class TranslatorConfig:
     weight_decay: float = 0.01
     noise: float = 0.05  # std of Gaussian noise added per dimension to the unit-norm S inputs (then renormalised)
     # share of each batch's rows moved part of the way (up to the midpoint) toward a neighbouring target's point in
-    # S, keeping their own target: a sharp step between neighbouring scenes instead of a blend that draws neither
+    # S, keeping their own target: meant to teach a step between neighbouring scenes instead of a blend that draws
+    # neither (on the demo it moved the blend rather than removing it: README)
     neighbour_mix: float = 0.0
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
     arch: str = "mlp"  # "mlp" or "queries" (generator.translator)
@@ -141,8 +142,8 @@ def toward_neighbours(
     inputs: torch.Tensor, captions: torch.Tensor, data: _Data, share: float, gen: torch.Generator
 ) -> torch.Tensor:
     """A ``share`` of the rows moved a random part of the way (up to the midpoint) from their input toward the
-    point of one of their target's nearest other targets; their targets stay. Trains the translator to pick
-    the nearer scene, as retrieval does, where a clip lands between two."""
+    point of one of their target's nearest other targets; their targets stay. Meant to teach the translator to
+    pick the nearer scene, as retrieval does, where a clip lands between two."""
     n = len(inputs)
     chosen = torch.rand(n, generator=gen) < share
     table = data.neighbours[captions]
