@@ -378,8 +378,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
 
     pairs = recipe.translator_audio_points
     split = "train" if recipe.extra_world_size is None else "train_all"
-    if recipe.translator_world_size is not None:
-        split = "translator_all"
+    split = split if recipe.translator_world_size is None else "translator_all"
     return TranslatorConfig(
         adapters=str(layout.adapters),
         text_latents=str(layout.latents("text", split if pairs else "bank")),

@@ -123,24 +123,25 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
     if recipe.hard_negatives:
         joins.append(("text", "swaps_train", "swaps_extra_train", "swaps_all"))
     for modality, first, extra, joined in joins:
-        sources = [("", layout.latents(modality, first)), ("extra-", layout.latents(modality, extra))]
-        out = layout.latents(modality, joined)
-        run_step(
-            layout, f"{modality}_{joined}", {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out]
-        )
+        _join(layout, modality, first, ("extra-", extra), joined)
+
+
+def _join(layout: Layout, modality: str, first: str, then: tuple[str, str], joined: str) -> None:
+    """Step ``{modality}_{joined}``: cache ``first``, then cache ``then[1]`` with its ids prefixed by ``then[0]``."""
+    prefix, second = then
+    sources = [("", layout.latents(modality, first)), (prefix, layout.latents(modality, second))]
+    out = layout.latents(modality, joined)
+    run_step(layout, f"{modality}_{joined}", {"sources": sources}, lambda: concat_latents(sources, out), [out])
 
 
 def _translator_world_caches(recipe: DemoRecipe, layout: Layout) -> None:
     """The translator world's training clips and captions, joined after the adapters' own training caches."""
     if recipe.translator_world_size is None:
         return
-    own = "train" if recipe.extra_world_size is None else "train_all"
+    own = "train" if recipe.extra_world_size is None else "train_all"  # the adapters' training caches
     for modality in ("audio", "text"):
         _extract(recipe, layout, modality, layout.translator_world / "train.jsonl", "translator_train")
-        sources = [("", layout.latents(modality, own)), ("translator-", layout.latents(modality, "translator_train"))]
-        out = layout.latents(modality, "translator_all")
-        name = f"{modality}_translator_all"
-        run_step(layout, name, {"sources": sources}, lambda s=sources, o=out: concat_latents(s, o), [out])
+        _join(layout, modality, own, ("translator-", "translator_train"), "translator_all")
 
 
 def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> Path:
