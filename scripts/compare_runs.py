@@ -11,23 +11,10 @@ a small p (say < 0.05): one run is better on that attribute beyond the noise of 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
+from demoworld.judged_runs import load_clips
 from demoworld.paired import paired_counts
-
-
-def load_clips(spec: str) -> list[dict]:
-    """The ``clips`` of one condition of one split, from FILE:SPLIT:CONDITION."""
-    file, sep, rest = spec.rpartition(":")
-    file, sep2, split = file.rpartition(":")
-    if not (sep and sep2 and file):
-        raise ValueError(f"expected FILE:SPLIT:CONDITION, got {spec!r}")
-    results = json.loads(Path(file).read_text())["results"]
-    if split not in results or rest not in results[split]:
-        raise ValueError(f"{file} has no {split}:{rest} (it holds {sorted(results)})")
-    return results[split][rest]["clips"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,15 @@
-"""Paired comparison of judged runs: exact McNemar p-values and the clip-by-clip counts behind them."""
+"""Judged runs read back: paired comparison (exact McNemar p-values, the clip-by-clip counts behind them) and the
+per-group breakdown of one run."""
 
 import json
 from math import comb
 
 import pytest
 
+from demoworld.breakdown import accuracy_by
 from demoworld.judge import ATTRIBUTES
 from demoworld.paired import exact_mcnemar, paired_counts
+from scripts.breakdown import main as breakdown
 from scripts.compare_runs import main
 
 
@@ -51,3 +54,39 @@ def test_compare_runs_prints_the_table_and_fails_in_one_line_on_a_missing_condit
     assert main([f"{run}:test:audio", f"{run}:test:nope"]) == 1
     err = capsys.readouterr().err.strip()
     assert "no test:nope" in err and "\n" not in err
+
+
+def test_accuracy_by_groups_clips_by_a_manifest_field_most_clips_first():
+    items = [
+        {"id": "c0", "voice": "v1", "scene": {"background": "red"}},
+        {"id": "c1", "voice": "v2", "scene": {"background": "red"}},
+        {"id": "c2", "voice": "v2", "scene": {"background": "blue"}},
+        {"id": "c3", "voice": "v2", "scene": {"background": "blue"}},
+    ]
+    clips = [_clip(0, background=True), _clip(1), _clip(2, background=True, colour=True), _clip(3)]
+    by_voice = accuracy_by(clips, items, "voice")
+    assert list(by_voice) == ["v2", "v1"]  # three clips before one
+    assert by_voice["v2"]["clips"] == 3 and by_voice["v2"]["background"] == pytest.approx(2 / 3)
+    assert by_voice["v1"] == {"clips": 1, "background": 0.0, "colour": 1.0, "shape": 1.0, "size": 1.0}
+    by_colour = accuracy_by(clips, items, "scene.background")
+    assert by_colour["blue"]["colour"] == 0.5 and by_colour["red"]["background"] == 0.5
+    with pytest.raises(ValueError, match="no field 'accent'"):
+        accuracy_by(clips, items, "accent")
+    with pytest.raises(ValueError, match="not in the split"):
+        accuracy_by([*clips, _clip(9)], items, "voice")
+
+
+def test_breakdown_finds_the_split_from_the_run_and_fails_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "world"
+    folder.mkdir()
+    items = [{"id": "c0", "voice": "a"}, {"id": "c1", "voice": "b"}, {"id": "c2", "voice": "b"}]
+    (folder / "test.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    clips = [_clip(0), _clip(1, shape=True), _clip(2)]
+    run = tmp_path / "eval.json"
+    run.write_text(json.dumps({"splits": {"test": str(folder)}, "results": {"test": {"audio": {"clips": clips}}}}))
+    assert breakdown([f"{run}:test:audio", "--by", "voice"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["b"] == ["2", "1.000", "1.000", "0.500", "1.000"] and rows["a"][0] == "1"
+    assert breakdown([f"{run}:val:audio"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "val" in err and "\n" not in err
