@@ -28,9 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"breakdown: {err}", file=sys.stderr)
         return 1
-    print(f"{a.by:<28}{'clips':>7}" + "".join(f"{x:>12}" for x in ATTRIBUTES))
+    width = max(len(a.by), *map(len, table)) + 2
+    print(f"{a.by:<{width}}{'clips':>7}" + "".join(f"{x:>12}" for x in ATTRIBUTES))
     for name, row in table.items():
-        print(f"{name:<28}{row['clips']:>7}" + "".join(f"{row[x]:>12.3f}" for x in ATTRIBUTES))
+        print(f"{name:<{width}}{row['clips']:>7}" + "".join(f"{row[x]:>12.3f}" for x in ATTRIBUTES))
     return 0
 
 
