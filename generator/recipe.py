@@ -55,7 +55,7 @@ class DemoRecipe:
     # clips the adapters never trained on land, as a user's do (no gain measured: README); None: the adapters' own
     # training clips alone
     translator_world_size: str | None = None
-    translator_world_seed: int = 2  # its seed (must differ from world_seed and extra_world_seed)
+    translator_world_seed: int = 3  # its seed (must differ from world_seed and extra_world_seed)
     resolution: int = 32  # image side of the worlds' scenes and of the image model
     # -- encoders and latents
     audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
@@ -193,7 +193,8 @@ CONCAT = replace(TRANSCRIPT, name="concat", audio_encoder="concat:whisper-tiny.e
 # keeps what is said, not how it is worded; its translator regresses one phrasing per scene (issue 18: text ->
 # translator 0.57 -> 1.00 background on the test split). Shipped trained on the format-3 world, whose 34 training
 # phrasings include 12 that name the background first (stop 24: background 0.925 -> 0.96 on the validation split,
-# 0.865 -> 0.925 on test; `make demo` 6 of 6) (README).
+# 0.865 -> 0.925 on test; `make demo` 6 of 6), and, since stop 29, a second format-3 world's 3,000 training clips
+# (README).
 DEFAULT = replace(
     CONCAT,
     name="default",
@@ -202,6 +203,11 @@ DEFAULT = replace(
     audio_keep=64,
     paraphrases=5,
     translator_canonical=True,
+    # twice the training clips: a second world's 3,000 (seed 2), 60 epochs so the steps stay those of 120 over 3,000
+    # (stop 29: validation split, nearest-caption proxy, background 0.967 -> 0.987, colour 0.985 -> 0.993; README)
+    extra_world_size="default",
+    extra_world_seed=2,
+    epochs=60,
     # no translator_tune: 2 epochs of MSE + distillation lifted translate mode on the validation split (0.970 / 0.980
     # / 0.990 / 0.990 -> 0.985 / 0.985 / 0.995 / 0.995) but lost 1-4 clips an attribute on every held-out split,
     # most on the Kokoro speakers (stop 26, README)

@@ -84,7 +84,7 @@ def test_check_prints_each_difference_on_one_line_and_exits_1(tmp_path, capsys):
     assert fusemix(["demo", "make-default", "--check", str(folder)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     expected = [
-        "adapters/train_config.json: epochs: preset 39, recipe 120",
+        "adapters/train_config.json: epochs: preset 39, recipe 60",
         "translator/translator_config.json: noise:",
         "image_model/train_config.json: steps: preset 6000, recipe 4200",
         "image_model/train_config.json: translator: preset None, recipe 'given'",
