@@ -75,7 +75,7 @@ class TrainConfig:
     audio_latents: str  # folder of the audio latent cache (one row per clip)
     text_latents: str  # folder of the caption latent cache (one row per caption; clip_ids name the clip)
     out: str  # run folder; the checkpoint goes to OUT/checkpoint
-    epochs: int = 120  # passes over the clips (one caption per clip per epoch); the recipe's, for ~3k clips
+    epochs: int = 60  # passes over the clips (one caption per clip per epoch); the recipe's, for ~6k clips (~3k: 120)
     batch_size: int = 512  # pairs per step before mixing, over all processes; halves are mixed
     lr: float = 1e-3  # peak AdamW learning rate
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay

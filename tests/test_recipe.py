@@ -56,9 +56,9 @@ def test_recipe_check_names_settings_that_cannot_work():
 
 
 def test_default_recipe_gives_the_shipped_number_of_training_clips():
-    # 1,500 training scenes, two spoken captions each: the 3,000 clips the README names (9,000 with the second world
-    # the earlier default added)
-    assert training_clips(DEFAULT) == 3000
+    # 1,500 training scenes, two spoken captions each, in each of two worlds: the 6,000 clips the README names
+    # (9,000 with the larger second world the earlier default added)
+    assert training_clips(DEFAULT) == 6000
     assert training_clips(WHISPER_TOKENS) == 9000
 
 
