@@ -13,8 +13,9 @@
 The defaults are the demo recipe's (generator.recipe.DEFAULT). The towers follow the caches unless given: a token
 cache (`fusemix extract --tokens K`) gets a sparse tower keeping min(16, K) tokens, a pooled cache an MLP tower.
 The flags that matter most: --hard-negatives (binding colours to what they describe), --epochs for your data size
-(the recipe's 60 suit ~6k clips; ~3k clips want ~120), and token caches on both sides (sparse towers keep which word goes with which);
-on transcript caches keep every token (--keep K): keeping 16 of 32 dropped the background, said last (README).
+(the recipe's 60 suit ~6k clips; ~3k clips want ~120), and token caches on both sides (sparse towers keep which
+word goes with which); on transcript caches keep every token (--keep K): keeping 16 of 32 dropped the background,
+said last (README).
 A concat:A+B token cache of two equal widths (Whisper states + transcript, extracted by this version) is read by
 default as the recipe reads it, --audio-parts 2 --keep 2K --audio-part-dropout 0.4 0.2: A's tokens then B's, every
 token kept, one part blanked now and then so the transcript carries a clip on its own (--audio-parts 1 reads it as
