@@ -64,6 +64,7 @@ class BuildConfig:
     resolution: int = 32  # image side in pixels (32 on CPU, 64 for GPU runs)
     workers: int = 2  # espeak-ng synthesis threads
     progress: bool = True  # show a tqdm progress bar
+    voices: str = "english"  # the voice set (speech.VOICE_SETS): "english", or "accented" (other languages' voices)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def plan(config: BuildConfig) -> list[ScenePlan]:
                 templates = SPLIT_TEMPLATES[split]
                 template = templates[int(rng.integers(len(templates)))]
                 text = scenes.caption(item.scene, template, rng)
-                settings = speech.draw_settings(speech.VOICES[split], rng)
+                settings = speech.draw_settings(speech.VOICE_SETS[config.voices][split], rng)
                 item.clips.append(
                     ClipPlan(f"{item.id}-{k}", text, template, settings, [config.seed, 2, split_index, i, k])
                 )
@@ -159,7 +160,7 @@ def build_settings(config: BuildConfig) -> dict:
         "shapes": scenes.SHAPES,
         "sizes": {s: scenes.SIZE_RADIUS[s] for s in scenes.SIZES},
         "templates": {split: {t: scenes.TEMPLATES[t] for t in SPLIT_TEMPLATES[split]} for split in SPLITS},
-        "voices": speech.VOICES,
+        "voices": speech.VOICE_SETS[config.voices],
         "speed_wpm": speech.SPEED_RANGE,
         "pitch": speech.PITCH_RANGE,
         "snr_db": speech.SNR_RANGE_DB,
@@ -220,6 +221,8 @@ def build(config: BuildConfig) -> dict:
         raise InputError(f"--resolution must be one of {RESOLUTIONS}, got {config.resolution}")
     if config.workers < 1:
         raise InputError(f"--workers must be >= 1, got {config.workers}")
+    if config.voices not in speech.VOICE_SETS:
+        raise InputError(f"--voices must be one of {tuple(speech.VOICE_SETS)}, got {config.voices!r}")
     start = time.perf_counter()
     out = Path(config.out)
     if out.exists() and not out.is_dir():

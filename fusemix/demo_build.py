@@ -3,6 +3,7 @@
 fusemix demo build --out data/demo                      # default size: 3000/300/500 clips, < 10 min on 2 cores
 fusemix demo build --out /tmp/demo --size small --no-progress
 fusemix demo build --out data/demo64 --size 5000 --resolution 64 --seed 1 --workers 4
+fusemix demo build --out data/demo_accented --seed 4 --voices accented   # Hindi/Russian train, Vietnamese val
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from demoworld.build import RESOLUTIONS, SIZE_PRESETS, BuildConfig, build, scene_counts
+from demoworld.speech import VOICE_SETS
 
 
 def parse_args(argv: list[str] | None) -> BuildConfig:
@@ -22,10 +24,15 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     parser.add_argument("--resolution", type=int, default=32, choices=RESOLUTIONS, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng synthesis threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--voices", default="english", choices=tuple(VOICE_SETS),
+        help="english: the English accents (default); accented: espeak-ng's Hindi and Russian voices read the "
+        "training captions, Vietnamese the validation ones (test keeps its English voices)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     scene_counts(args.size)  # fail on a bad --size before touching the disk
     return BuildConfig(out=args.out, size=args.size, seed=args.seed, resolution=args.resolution,
-                       workers=args.workers, progress=not args.no_progress)  # fmt: skip
+                       workers=args.workers, progress=not args.no_progress, voices=args.voices)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

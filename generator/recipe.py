@@ -56,6 +56,10 @@ class DemoRecipe:
     # training clips alone
     translator_world_size: str | None = None
     translator_world_seed: int = 3  # its seed (must differ from world_seed and extra_world_seed)
+    # a build whose training clips speak accented English (`fusemix demo build --voices accented`: espeak-ng's Hindi
+    # and Russian voices), joined after the other training clips; None: none
+    accent_world_size: str | None = None
+    accent_world_seed: int = 4  # its seed (must differ from the other worlds')
     resolution: int = 32  # image side of the worlds' scenes and of the image model
     # -- encoders and latents
     audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
@@ -143,6 +147,16 @@ class DemoRecipe:
     kind: str = "demo"  # image model kind (the demo pixel UNet)
     device: str = field(default="cpu", compare=False)  # where the trainers run; not a setting of the result
 
+    @property
+    def joined(self) -> bool:
+        """Whether the adapters train on several worlds' joined caches (``train_all``) or one world's (``train``)."""
+        return self.extra_world_size is not None or self.accent_world_size is not None
+
+    def extra_training(self) -> list[tuple[str, str]]:
+        """(id prefix, cache split) of each training world joined after the main one's, in order."""
+        extras = [("extra-", "extra_train")] if self.extra_world_size is not None else []
+        return extras + ([("accent-", "accent_train")] if self.accent_world_size is not None else [])
+
     def check(self) -> None:
         """Settings that cannot work together, named, before anything runs."""
         if self.extra_world_size is not None and self.extra_world_seed == self.world_seed:
@@ -150,6 +164,8 @@ class DemoRecipe:
         seeds = (self.world_seed, self.extra_world_seed)
         if self.translator_world_size is not None and self.translator_world_seed in seeds:
             raise ValueError("translator_world_seed must differ from world_seed and extra_world_seed: same clips twice")
+        if self.accent_world_size is not None and self.accent_world_seed in (*seeds, self.translator_world_seed):
+            raise ValueError("accent_world_seed must differ from the other worlds' seeds: the same scenes twice")
         if self.translator_world_size is not None and not self.translator_audio_points:
             raise ValueError("translator_world_size needs translator_audio_points (its clips are audio rows)")
         if self.image_steps <= self.image_base_steps:
@@ -276,6 +292,10 @@ class Layout:
         return self.work / "world_extra"
 
     @property
+    def accent_world(self) -> Path:
+        return self.work / "world_accent"
+
+    @property
     def translator_world(self) -> Path:
         return self.work / "world_translator"
 
@@ -319,7 +339,7 @@ def train_config(recipe: DemoRecipe, layout: Layout):
     """The adapters' TrainConfig (its ``train_config.json`` is what ``--check`` compares)."""
     from fusion.train import TrainConfig
 
-    joined = recipe.extra_world_size is not None  # two worlds' caches are joined; one world's are used as they are
+    joined = recipe.joined  # several worlds' caches are joined; one world's are used as they are
     return TrainConfig(
         audio_latents=str(layout.latents("audio", "train_all" if joined else "train")),
         text_latents=str(layout.latents("text", caption_split(recipe, "train_all" if joined else "train"))),
@@ -361,7 +381,7 @@ def caption_split(recipe: DemoRecipe, split: str) -> str:
 def _hard_negatives(recipe: DemoRecipe, layout: Layout) -> str | None:
     if not recipe.hard_negatives:
         return None
-    return str(layout.latents("text", "swaps_all" if recipe.extra_world_size is not None else "swaps_train"))
+    return str(layout.latents("text", "swaps_all" if recipe.joined else "swaps_train"))
 
 
 def translator_config(recipe: DemoRecipe, layout: Layout, tuned: bool | None = None):
@@ -384,7 +404,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
     from generator.train_translator import TranslatorConfig
 
     pairs = recipe.translator_audio_points
-    split = "train" if recipe.extra_world_size is None else "train_all"
+    split = "train_all" if recipe.joined else "train"
     split = split if recipe.translator_world_size is None else "translator_all"
     return TranslatorConfig(
         adapters=str(layout.adapters),
@@ -475,5 +495,6 @@ def training_clips(recipe: DemoRecipe) -> int:
     """How many training clips the worlds give the adapters (the shipped trainer_state's ``train_clips``)."""
     from demoworld.build import CAPTIONS_PER_SCENE, scene_counts
 
-    sizes = [recipe.world_size] + ([recipe.extra_world_size] if recipe.extra_world_size is not None else [])
+    sizes = [recipe.world_size, recipe.extra_world_size, recipe.accent_world_size]
+    sizes = [size for size in sizes if size is not None]
     return sum(scene_counts(size)["train"] * CAPTIONS_PER_SCENE["train"] for size in sizes)

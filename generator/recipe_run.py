@@ -83,16 +83,22 @@ def make_default(recipe: DemoRecipe, work: str | Path, out: str | Path) -> Path:
 def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
     from demoworld.build import BuildConfig, build
 
-    worlds = [("world", layout.world, recipe.world_size, recipe.world_seed)]
+    worlds = [("world", layout.world, recipe.world_size, recipe.world_seed, "english")]
     if recipe.extra_world_size is not None:
-        worlds.append(("world_extra", layout.extra_world, recipe.extra_world_size, recipe.extra_world_seed))
+        worlds.append(("world_extra", layout.extra_world, recipe.extra_world_size, recipe.extra_world_seed, "english"))
     if recipe.translator_world_size is not None:
+        size, seed = recipe.translator_world_size, recipe.translator_world_seed
+        worlds.append(("world_translator", layout.translator_world, size, seed, "english"))
+    if recipe.accent_world_size is not None:
         worlds.append(
-            ("world_translator", layout.translator_world, recipe.translator_world_size, recipe.translator_world_seed)
+            ("world_accent", layout.accent_world, recipe.accent_world_size, recipe.accent_world_seed, "accented")
         )
-    for name, folder, size, seed in worlds:
-        cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False)
-        run_step(layout, name, asdict(cfg), lambda cfg=cfg: build(cfg), [folder / "README.json"])
+    for name, folder, size, seed, voices in worlds:
+        cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False, voices=voices)
+        settings = asdict(cfg)
+        if voices == "english":  # recorded only when not the default, so worlds built before it existed still match
+            settings.pop("voices")
+        run_step(layout, name, settings, lambda cfg=cfg: build(cfg), [folder / "README.json"])
 
 
 def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
@@ -101,6 +107,8 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
     jobs = [(layout.world, split, split) for split in ("train", "val", "test")]
     if recipe.extra_world_size is not None:
         jobs.append((layout.extra_world, "train", "extra_train"))
+    if recipe.accent_world_size is not None:
+        jobs.append((layout.accent_world, "train", "accent_train"))
     for world, split, name in jobs:
         _extract(recipe, layout, "audio", world / f"{split}.jsonl", name)
         _extract(recipe, layout, "text", world / f"{split}.jsonl", name)
@@ -114,22 +122,22 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
         captions = _paraphrases(recipe, layout, world, name) if recipe.paraphrases else world / "train.jsonl"
         if recipe.hard_negatives:
             _swaps(recipe, layout, world, captions, name)
-    if recipe.extra_world_size is None:
+    extras = recipe.extra_training()
+    if not extras:
         return  # one world: training reads its caches as they are
-    # (modality, first, extra, joined) cache names; the plain captions also feed the translator
-    joins = [("audio", "train", "extra_train", "train_all"), ("text", "train", "extra_train", "train_all")]
+    # (modality, cache name of a training split, joined name); the plain captions also feed the translator
+    joins = [("audio", lambda n: n, "train_all"), ("text", lambda n: n, "train_all")]
     if recipe.paraphrases:
-        joins.append(("text", *(caption_split(recipe, n) for n in ("train", "extra_train", "train_all"))))
+        joins.append(("text", lambda n: caption_split(recipe, n), caption_split(recipe, "train_all")))
     if recipe.hard_negatives:
-        joins.append(("text", "swaps_train", "swaps_extra_train", "swaps_all"))
-    for modality, first, extra, joined in joins:
-        _join(layout, modality, first, ("extra-", extra), joined)
+        joins.append(("text", lambda n: f"swaps_{n}", "swaps_all"))
+    for modality, name, joined in joins:
+        _join(layout, modality, name("train"), [(prefix, name(split)) for prefix, split in extras], joined)
 
 
-def _join(layout: Layout, modality: str, first: str, then: tuple[str, str], joined: str) -> None:
-    """Step ``{modality}_{joined}``: cache ``first``, then cache ``then[1]`` with its ids prefixed by ``then[0]``."""
-    prefix, second = then
-    sources = [("", layout.latents(modality, first)), (prefix, layout.latents(modality, second))]
+def _join(layout: Layout, modality: str, first: str, then: list[tuple[str, str]], joined: str) -> None:
+    """Step ``{modality}_{joined}``: cache ``first``, then each (prefix, cache) of ``then`` with its ids prefixed."""
+    sources = [("", layout.latents(modality, first))] + [(prefix, layout.latents(modality, s)) for prefix, s in then]
     out = layout.latents(modality, joined)
     run_step(layout, f"{modality}_{joined}", {"sources": sources}, lambda: concat_latents(sources, out), [out])
 
@@ -138,10 +146,10 @@ def _translator_world_caches(recipe: DemoRecipe, layout: Layout) -> None:
     """The translator world's training clips and captions, joined after the adapters' own training caches."""
     if recipe.translator_world_size is None:
         return
-    own = "train" if recipe.extra_world_size is None else "train_all"  # the adapters' training caches
+    own = "train_all" if recipe.joined else "train"  # the adapters' training caches
     for modality in ("audio", "text"):
         _extract(recipe, layout, modality, layout.translator_world / "train.jsonl", "translator_train")
-        _join(layout, modality, own, ("translator-", "translator_train"), "translator_all")
+        _join(layout, modality, own, [("translator-", "translator_train")], "translator_all")
 
 
 def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> Path:

@@ -15,6 +15,7 @@ for all, through the pipeline's own steps (``embed_text``/``embed_audio`` -> ``c
   audio-retrieve    the spoken caption -> nearest caption in the bank -> text prompt (the demo default)
   asr-cascade       Whisper tiny.en transcript (beam 5) -> MiniLM -> nearest bank caption -> text prompt
   baseline-retrieve audio-retrieve with the --baseline preset (e.g. the previous shipped default)
+  baseline-translate audio with the --baseline preset (its translator; both presets share the image model)
 Each row also gives the mean stray-pixel share (``judge.stray_share``: pixels that are no blend of the two colours
 the judge read), which the attributes do not score. Besides the images, it prints text->audio R@1 among each
 split's evaluated clips in the preset's shared space.
@@ -38,7 +39,9 @@ from fusion.cache import atomic_write_json
 from generator.audio_to_image import AudioToImagePipeline, Conditioning
 from generator.records import clip_seed
 
-CONDITIONS = ("text", "text-translated", "audio", "audio-retrieve", "asr-cascade", "baseline-retrieve")
+CONDITIONS = (
+    "text", "text-translated", "audio", "audio-retrieve", "asr-cascade", "baseline-retrieve", "baseline-translate",
+)  # fmt: skip
 DEFAULT_CONDITIONS = ("text", "text-translated", "audio", "audio-retrieve", "asr-cascade")
 
 
@@ -72,7 +75,7 @@ class Split:
 
 def conditioning(pipes: dict, condition: str, split: Split, rows: slice, batch: int) -> Conditioning:
     """The image model's conditioning of ``split.items[rows]`` for one condition, through the pipeline's steps."""
-    pipe = pipes["baseline" if condition == "baseline-retrieve" else "preset"]
+    pipe = pipes["baseline" if condition.startswith("baseline-") else "preset"]
     captions = [it["caption"] for it in split.items[rows]]
     if condition == "text":
         return Conditioning.from_prompts(captions)
@@ -82,7 +85,7 @@ def conditioning(pipes: dict, condition: str, split: Split, rows: slice, batch: 
         picks = cascade_nearest(split.transcripts()[rows], pipe.bank_captions)
         return Conditioning.from_prompts([pipe.bank_captions[int(i)] for i in picks])
     points = split.points(pipe, batch)[rows]
-    return pipe.condition(points, "translate" if condition == "audio" else "retrieve")
+    return pipe.condition(points, "translate" if condition in ("audio", "baseline-translate") else "retrieve")
 
 
 def judge_condition(pipes: dict, condition: str, split: Split, a: argparse.Namespace) -> dict:
@@ -137,7 +140,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--split", nargs="+", default=["test=data/demo"], help="NAME=FOLDER (FOLDER/test.jsonl) ...")
     p.add_argument("--preset", default="demo")
-    p.add_argument("--baseline", default=None, help="a second preset: adds the baseline-retrieve condition")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="a second preset: adds the baseline-retrieve condition (and allows baseline-translate)",
+    )
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's)")
@@ -151,8 +158,8 @@ def main() -> None:
     if a.baseline:
         pipes["baseline"] = AudioToImagePipeline.from_preset(a.baseline)
     conditions = a.conditions or [*DEFAULT_CONDITIONS, *(["baseline-retrieve"] if a.baseline else [])]
-    if "baseline-retrieve" in conditions and not a.baseline:
-        p.error("baseline-retrieve needs --baseline PRESET")
+    if any(c.startswith("baseline-") for c in conditions) and not a.baseline:
+        p.error("baseline-retrieve and baseline-translate need --baseline PRESET")
     a.steps = pipes["preset"].preset.steps if a.steps is None else a.steps
     a.guidance = pipes["preset"].preset.guidance if a.guidance is None else a.guidance
     results: dict[str, dict] = {}

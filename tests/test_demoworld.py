@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import soundfile as sf
 from demoworld import build, scenes, speech
 from demoworld.wer import edit_distance, normalize_words, word_error_rate
 from fusemix import cli, demo_build
-from fusion.errors import FusemixError
+from fusion.errors import FusemixError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +93,34 @@ def test_voice_rule_holds_out_test_variants_and_accent_and_uses_every_other_vari
     for voice in speech.TEST_VOICES:
         accent, variant = voice.split("+")
         assert variant in speech.TEST_VARIANTS or accent in speech.TEST_ACCENTS
+
+
+def test_accented_voices_hold_out_their_validation_accent_and_keep_the_test_voices():
+    accented = speech.VOICE_SETS["accented"]
+    train_accents = {v.split("+")[0] for v in accented["train"]}
+    val_accents = {v.split("+")[0] for v in accented["val"]}
+    assert train_accents == set(speech.ACCENTED_TRAIN_ACCENTS) and val_accents == set(speech.ACCENTED_VAL_ACCENTS)
+    every_train_accent = train_accents | set(speech.TRAIN_ACCENTS)
+    assert not val_accents & every_train_accent and not set(speech.TEST_ACCENTS) & every_train_accent
+    assert {v.split("+")[1] for v in accented["train"]} == set(speech.TRAIN_VARIANTS)
+    assert {v.split("+")[1] for v in accented["val"]} == set(speech.VAL_VARIANTS)
+    assert accented["test"] == speech.TEST_VOICES and speech.VOICE_SETS["english"] is speech.VOICES
+    if shutil.which("espeak-ng"):  # espeak-ng knows every one (it would otherwise speak its default voice)
+        for voice in accented["train"][:: len(speech.TRAIN_VARIANTS)] + accented["val"]:
+            speech.check_voice(voice)
+
+
+def test_accented_plan_changes_only_the_voices():
+    english = build.plan(build.BuildConfig(out=Path("unused"), size="small", seed=4))
+    accented = build.plan(build.BuildConfig(out=Path("unused"), size="small", seed=4, voices="accented"))
+    assert [it.scene for it in accented] == [it.scene for it in english]
+    pairs = [(a, e) for ia, ie in zip(accented, english, strict=True) for a, e in zip(ia.clips, ie.clips, strict=True)]
+    assert all(a.caption == e.caption and a.template == e.template for a, e in pairs)
+    for item in accented:
+        for clip in item.clips:
+            assert clip.settings.voice in speech.ACCENTED_VOICES[item.split]
+    assert {c.settings.voice.split("+")[0] for it in accented if it.split == "train" for c in it.clips} <= {"hi", "ru"}
+    assert all(c.settings.voice in speech.VOICES[it.split] for it in english for c in it.clips)
 
 
 def test_templates_are_many_disjoint_and_every_one_parses_to_its_scene():
@@ -209,6 +238,11 @@ def test_build_cli_rejects_bad_arguments(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         demo_build.main(["--out", str(tmp_path / "y"), "--resolution", "48"])
+    with pytest.raises(SystemExit):
+        demo_build.main(["--out", str(tmp_path / "y"), "--voices", "klingon"])
+    with pytest.raises(InputError, match="--voices"):
+        build.build(build.BuildConfig(out=tmp_path / "z", size="small", voices="klingon"))
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
 def test_examples_ship_spoken_test_prompts():

@@ -51,6 +51,8 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, translator_world_size="12", translator_audio_points=False).check()
     with pytest.raises(ValueError, match="translator_tune"):
         replace(DEFAULT, translator_tune="mse").check()
+    with pytest.raises(ValueError, match="accent_world_seed"):
+        replace(DEFAULT, accent_world_size="12", accent_world_seed=DEFAULT.extra_world_seed).check()
     for recipe in RECIPES.values():
         recipe.check()
 
@@ -60,6 +62,10 @@ def test_default_recipe_gives_the_shipped_number_of_training_clips():
     # (9,000 with the larger second world the earlier default added)
     assert training_clips(DEFAULT) == 6000
     assert training_clips(WHISPER_TOKENS) == 9000
+    accented = replace(DEFAULT, accent_world_size="default")
+    assert training_clips(accented) == 9000 and accented.joined
+    assert accented.extra_training() == [("extra-", "extra_train"), ("accent-", "accent_train")]
+    assert not replace(DEFAULT, extra_world_size=None).joined
 
 
 def _copy_shipped(tmp_path: Path) -> Path:
