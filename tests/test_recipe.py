@@ -12,7 +12,7 @@ import pytest
 from fusemix.cli import main as fusemix
 from fusion.errors import FusemixError
 from generator.presets import CHECKPOINTS, shipped_path
-from generator.recipe import DEFAULT, RECIPES, TINY, WHISPER_TOKENS, Layout, training_clips
+from generator.recipe import ACCENTED, DEFAULT, RECIPES, TINY, WHISPER_TOKENS, Layout, training_clips
 from generator.recipe_run import run_step
 
 SHIPPED = CHECKPOINTS / "demo"
@@ -62,9 +62,8 @@ def test_default_recipe_gives_the_shipped_number_of_training_clips():
     # (9,000 with the larger second world the earlier default added)
     assert training_clips(DEFAULT) == 6000
     assert training_clips(WHISPER_TOKENS) == 9000
-    accented = replace(DEFAULT, accent_world_size="default")
-    assert training_clips(accented) == 9000 and accented.joined
-    assert accented.extra_training() == [("extra-", "extra_train"), ("accent-", "accent_train")]
+    assert training_clips(ACCENTED) == 9000 and ACCENTED.joined  # and a third, accented world's 3,000
+    assert ACCENTED.extra_training() == [("extra-", "extra_train"), ("accent-", "accent_train")]
     assert not replace(DEFAULT, extra_world_size=None).joined
 
 
@@ -140,6 +139,11 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     assert trained["text_latents"].endswith("text_train_all_paraphrased")  # both worlds' clips, paraphrased
     count = lambda name: json.loads((tmp_path / "work/latents" / name / "manifest.json").read_text())["count"]  # noqa: E731
     assert count("text_train_all_paraphrased") == (1 + TINY.paraphrases) * count("text_train_all") > 0
+    # three worlds' training clips: the main one's, the extra one's and the accented one's, ids kept apart
+    worlds = ("audio_train", "audio_extra_train", "audio_accent_train")
+    assert count("audio_train_all") == sum(count(name) for name in worlds) and min(map(count, worlds)) > 0
+    accent_lines = (tmp_path / "work/world_accent/train.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["voice"].split("+")[0] in ("hi", "ru") for line in accent_lines)
     # the shipped translator is the fine-tune of the MSE one against the tiny run's own (trained) image model
     translator = json.loads((out / "translator/translator_config.json").read_text())
     assert (translator["objective"], translator["epochs"]) == (TINY.translator_tune, TINY.translator_tune_epochs)
