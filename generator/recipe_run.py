@@ -105,10 +105,8 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
     """Latents of the training, validation and test splits, the extra training clips, the caption bank, and the
     hard negatives (the training captions with their colours swapped)."""
     jobs = [(layout.world, split, split) for split in ("train", "val", "test")]
-    if recipe.extra_world_size is not None:
-        jobs.append((layout.extra_world, "train", "extra_train"))
-    if recipe.accent_world_size is not None:
-        jobs.append((layout.accent_world, "train", "accent_train"))
+    folders = {"extra_train": layout.extra_world, "accent_train": layout.accent_world}
+    jobs += [(folders[name], "train", name) for _, name in recipe.extra_training()]
     for world, split, name in jobs:
         _extract(recipe, layout, "audio", world / f"{split}.jsonl", name)
         _extract(recipe, layout, "text", world / f"{split}.jsonl", name)
