@@ -53,7 +53,15 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         choices=ARCHS,
         default=d.arch,
         help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
-        "--num-blocks transformer blocks (default: %(default)s)",
+        "--num-blocks transformer blocks; mixture: the MLP writes --components candidates and picks the best-scored "
+        "one, trained winner-take-all, so a point between two scenes draws one of them, not their blend "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--components",
+        type=int,
+        default=d.components,
+        help="candidate conditionings of --arch mixture (default: %(default)s)",
     )
     p.add_argument(
         "--neighbour-mix",

@@ -102,7 +102,8 @@ class DemoRecipe:
     translator_noise: float = 0.05  # Gaussian noise on the unit S points while training (audio/text gap)
     translator_blocks: int = 2  # residual blocks of the translator
     translator_dropout: float = 0.1  # dropout inside them
-    translator_arch: str = "mlp"  # "mlp" or "queries" (learned per-token queries; generator.translator)
+    translator_arch: str = "mlp"  # "mlp", "queries" (learned per-token queries) or "mixture" (generator.translator)
+    translator_components: int = 4  # candidates of a "mixture" translator (`train-translator --components`)
     translator_seed: int = 0  # seeds init, order and noise
     # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
     # --neighbour-mix`), meant to make the translator pick the nearer of two scenes; no gain measured (README)
@@ -428,6 +429,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
         num_blocks=recipe.translator_blocks,
         dropout=recipe.translator_dropout,
         arch=recipe.translator_arch,
+        components=recipe.translator_components,
         seed=recipe.translator_seed,
         neighbour_mix=recipe.translator_neighbour_mix,
         progress=False,

@@ -126,7 +126,7 @@ def _compare_models(recipe: DemoRecipe, folder: Path) -> list[str]:
     token_dim = _text_width()
     translator = Translator(
         adapters.shared_dim, _max_tokens(), token_dim, recipe.translator_blocks, dropout=recipe.translator_dropout,
-        arch=recipe.translator_arch,
+        arch=recipe.translator_arch, components=recipe.translator_components if recipe.translator_arch == "mixture" else 1,
     )  # fmt: skip
     shipped = Translator.from_config(Translator.load_config(str(folder / "translator")))
     diffs += _compare_built(folder, "translator/config.json", shipped, translator)

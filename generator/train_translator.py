@@ -60,6 +60,7 @@ ADDED_DEFAULTS["canonical_bank"] = None
 ADDED_DEFAULTS["audio_views"] = False
 ADDED_DEFAULTS["init_from"] = None
 ADDED_DEFAULTS["neighbour_mix"] = 0.0
+ADDED_DEFAULTS["components"] = 4
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
@@ -92,7 +93,8 @@ class TranslatorConfig:
     # neither (on the demo it moved the blend rather than removing it: README)
     neighbour_mix: float = 0.0
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
-    arch: str = "mlp"  # "mlp" or "queries" (generator.translator)
+    arch: str = "mlp"  # "mlp", "queries" or "mixture" (generator.translator)
+    components: int = 4  # candidate conditionings of a "mixture" translator (trained winner-take-all)
     init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
     dropout: float = 0.1
     seed: int = 0
@@ -168,6 +170,8 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError(f"--distill-images must be one of {DISTILL_IMAGES}, got {cfg.distill_images!r}")
     if cfg.distill_weight < 0 or cfg.distill_steps < 1:
         raise InputError("--distill-weight must be >= 0 and --distill-steps >= 1")
+    if cfg.components < 1:
+        raise InputError(f"--components must be >= 1, got {cfg.components}")
     if not 0 <= cfg.neighbour_mix <= 1:
         raise InputError(f"--neighbour-mix must be in [0, 1], got {cfg.neighbour_mix}")
     if cfg.objective == "mse" and cfg.distill_images != "auto":
@@ -355,7 +359,7 @@ def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
     reseed_global(cfg.seed, "init")
     model = Translator(
         data.points.shape[1], data.targets.shape[1], data.targets.shape[2], cfg.num_blocks, dropout=cfg.dropout,
-        arch=cfg.arch,
+        arch=cfg.arch, components=cfg.components if cfg.arch == "mixture" else 1,
     )  # fmt: skip
     with torch.no_grad():
         model.mean.copy_(data.targets.mean(0))
@@ -417,20 +421,47 @@ def _run_epoch(
         captions = data.row_caption[idx]
         if cfg.neighbour_mix > 0:
             inputs = toward_neighbours(inputs, captions, data, cfg.neighbour_mix, mgen)
-        pred = model(inputs)
-        mse = F.mse_loss(pred, data.targets[captions])
-        loss = mse
+        step = epoch * steps_per_epoch + i
+        pred, mse, loss = fit_loss(
+            model, inputs, data.targets[captions], relaxation(step, cfg.epochs * steps_per_epoch)
+        )
         if distiller is not None:
             distill = distiller.loss(pred, captions, dgen, rng)
             loss = distill if cfg.objective == "distill" else mse + cfg.distill_weight * distill
             totals["distill"] += distill.item() * len(idx)
-        schedule.apply(opt, epoch * steps_per_epoch + i)
+        schedule.apply(opt, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         maybe_crash("translator.step")
         totals["mse"] += mse.item() * len(idx)
     return {k: v / data.num_rows for k, v in totals.items()}
+
+
+def fit_loss(model: Translator, inputs: torch.Tensor, targets: torch.Tensor, share: float = 0.0):
+    """The prediction, its MSE and the fit loss.
+
+    A mixture translator is trained winner-take-all: the candidate nearest the target learns it and the scores
+    learn which candidate that was (cross-entropy), so where one point may be two scenes each candidate keeps one
+    and the scores pick the likelier, not their mean. ``share`` of the loss is every candidate's error: 1 at the
+    start, so all begin at the mean, and annealed to 0 (``relaxation``). Pure winner-take-all from a random start
+    lets one candidate win both scenes and learn their blend while the others never win there.
+    """
+    if model.config.arch != "mixture":
+        pred = model(inputs)
+        mse = F.mse_loss(pred, targets)
+        return pred, mse, mse
+    candidates, scores = model.candidates(inputs)
+    errors = (candidates - targets[:, None]).pow(2).mean(dim=(2, 3))
+    winner = errors.argmin(1)
+    mse = errors.gather(1, winner[:, None]).mean()
+    fit = (1 - share) * mse + share * errors.mean()
+    return candidates[torch.arange(len(inputs)), winner], mse, fit + F.cross_entropy(scores, winner)
+
+
+def relaxation(step: int, total_steps: int) -> float:
+    """The share of every candidate's error in a mixture's loss: 1 at step 0, down to 0 at half the run."""
+    return max(0.0, 1.0 - step / max(1, total_steps / 2))
 
 
 @torch.no_grad()

@@ -12,6 +12,10 @@ model's encoding of the empty prompt, the negative condition for classifier-free
 ``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once. ``arch="queries"``: the
 point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
 transformer blocks (self-attention over queries and memory), so each token can pick what it needs from S.
+``arch="mixture"``: the residual MLP writes ``components`` candidate conditionings and a score for each, and the
+output is the best-scored candidate. A regression to one answer draws the *mean* of the scenes a point may be
+(two colour-swapped twins averaged give a field with no shape); trained winner-take-all
+(``generator.train_translator``), each candidate stays one scene and the score picks the likelier.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 from fusion.adapters import ResidualMLPBlock
 from fusion.blocks import TokenBlock
 
-ARCHS = ("mlp", "queries")
+ARCHS = ("mlp", "queries", "mixture")
 
 
 class Translator(ModelMixin, ConfigMixin):
@@ -41,17 +45,24 @@ class Translator(ModelMixin, ConfigMixin):
         dropout: float = 0.1,
         arch: str = "mlp",
         memory_tokens: int = 4,
+        components: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("num_tokens", num_tokens), ("token_dim", token_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if arch not in ARCHS or memory_tokens < 1:
-            raise ValueError(f"arch must be one of {ARCHS} and memory_tokens >= 1, got {arch!r}, {memory_tokens}")
-        if arch == "mlp":
+        if arch not in ARCHS or memory_tokens < 1 or components < 1:
+            raise ValueError(
+                f"arch must be one of {ARCHS}, memory_tokens and components >= 1, got {arch!r}, {memory_tokens}, "
+                f"{components}"
+            )
+        if arch != "queries":
+            width = components if arch == "mixture" else 1
             self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
             self.norm = nn.LayerNorm(in_dim)
-            self.proj = nn.Linear(in_dim, num_tokens * token_dim)
+            self.proj = nn.Linear(in_dim, width * num_tokens * token_dim)
+            if arch == "mixture":
+                self.score = nn.Linear(in_dim, components)
         else:
             self.memory = nn.Linear(in_dim, memory_tokens * token_dim)
             self.queries = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
@@ -64,6 +75,9 @@ class Translator(ModelMixin, ConfigMixin):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         if points.ndim != 2 or points.shape[1] != self.config.in_dim:
             raise ValueError(f"points must have shape (batch, {self.config.in_dim}), got {tuple(points.shape)}")
+        if self.config.arch == "mixture":
+            candidates, scores = self.candidates(points)
+            return candidates[torch.arange(len(points)), scores.argmax(1)]
         if self.config.arch == "mlp":
             out = self.proj(self.norm(self.blocks(points)))
             return self.mean + out.view(-1, self.config.num_tokens, self.config.token_dim)
@@ -71,6 +85,15 @@ class Translator(ModelMixin, ConfigMixin):
         tokens = torch.cat([memory, self.queries.expand(len(points), -1, -1)], dim=1)
         out = self.blocks(tokens)[:, self.config.memory_tokens :]
         return self.mean + self.proj(self.norm(out))
+
+    def candidates(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``arch="mixture"``: every candidate, ``(batch, components, tokens, dim)``, and their scores (logits)."""
+        if self.config.arch != "mixture":
+            raise ValueError(f"candidates() needs arch='mixture', this translator is {self.config.arch!r}")
+        hidden = self.norm(self.blocks(points))
+        shape = (-1, self.config.components, self.config.num_tokens, self.config.token_dim)
+        # the scores read the features without shaping them: the features serve the regression alone
+        return self.mean + self.proj(hidden).view(shape), self.score(hidden.detach())
 
     def negative_embeds(self, batch: int = 1) -> torch.Tensor:
         return self.negative.expand(batch, -1, -1)

@@ -20,7 +20,13 @@ from fusion.errors import ModelUnavailableError  # noqa: E402
 from generator.audio_to_image import AudioToImagePipeline, upscale  # noqa: E402
 from generator.caption_bank import save_caption_bank  # noqa: E402
 from generator.presets import load_preset  # noqa: E402
-from generator.train_translator import TranslatorConfig, noisy, train_translator  # noqa: E402
+from generator.train_translator import (  # noqa: E402
+    TranslatorConfig,
+    fit_loss,
+    noisy,
+    relaxation,
+    train_translator,
+)
 from generator.translator import Translator  # noqa: E402
 
 CAPTIONS = ["a dog barks", "rain on a roof", "a bell rings", "a car passes", "birds sing", "a door slams"]
@@ -78,10 +84,10 @@ def sd_pipe(sd_preset) -> AudioToImagePipeline:
     return AudioToImagePipeline.from_preset(str(sd_preset))
 
 
-@pytest.mark.parametrize("arch", ["mlp", "queries"])
+@pytest.mark.parametrize("arch", ["mlp", "queries", "mixture"])
 def test_translator_saves_loads_and_checks_shapes(tmp_path, arch):
     torch.manual_seed(0)
-    tr = Translator(in_dim=8, num_tokens=3, token_dim=5, arch=arch).eval()
+    tr = Translator(in_dim=8, num_tokens=3, token_dim=5, arch=arch, components=3).eval()
     tr.negative.copy_(torch.randn(1, 3, 5))
     tr.save_pretrained(tmp_path)
     back = Translator.from_pretrained(tmp_path).eval()
@@ -92,6 +98,41 @@ def test_translator_saves_loads_and_checks_shapes(tmp_path, arch):
         tr(torch.randn(4, 7))
     with pytest.raises(ValueError, match="arch must be one of"):
         Translator(in_dim=8, num_tokens=3, token_dim=5, arch="lstm")
+    if arch != "mixture":
+        with pytest.raises(ValueError, match="needs arch='mixture'"):
+            tr.candidates(x)
+        return
+    candidates, scores = back.candidates(x)
+    assert candidates.shape == (4, 3, 3, 5) and scores.shape == (4, 3)
+    assert torch.equal(back(x), candidates[torch.arange(4), scores.argmax(1)])  # the best-scored candidate
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mixture_translator_draws_the_likelier_scene_where_mse_draws_the_blend(seed):
+    """One point heard as scene a 7 times in 10 and as b 3 times, another always as c: the MSE translator learns
+    0.7 a + 0.3 b there (a scene that is neither); the mixture, trained winner-take-all with the annealed
+    relaxation, answers a, and c at the other point."""
+    torch.manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    a, b, c = torch.randn(3, 3, 5)
+    inputs = torch.cat([x[:1].expand(10, -1), x[1:].expand(10, -1)])
+    targets = torch.stack([a] * 7 + [b] * 3 + [c] * 10)
+    out, steps = {}, 300
+    for arch in ("mlp", "mixture"):
+        torch.manual_seed(seed)
+        tr = Translator(8, 3, 5, dropout=0.0, arch=arch, components=4)
+        opt = torch.optim.Adam(tr.parameters(), lr=1e-2)
+        for step in range(steps):
+            loss = fit_loss(tr, inputs, targets, relaxation(step, steps))[2]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[arch] = tr.eval()(x)
+    gap = (a - b).norm()
+    assert (out["mlp"][0] - (0.7 * a + 0.3 * b)).norm() < 0.05 * gap
+    assert (out["mixture"][0] - a).norm() < 0.05 * gap
+    assert (out["mixture"][1] - c).norm() < 0.05 * gap
 
 
 def test_noise_keeps_points_on_the_sphere_and_moves_them():
@@ -104,7 +145,7 @@ def test_noise_keeps_points_on_the_sphere_and_moves_them():
     assert torch.equal(noisy(x, 0.0, g), x)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "queries"])
+@pytest.mark.parametrize("arch", ["mlp", "queries", "mixture"])
 def test_translator_learns_caption_targets(sd_preset, tmp_path, arch):
     """More epochs fit the image model's own encodings better than the mean alone (relative MSE < 1)."""
     out = train_translator(
