@@ -62,6 +62,7 @@ ADDED_DEFAULTS["init_from"] = None
 ADDED_DEFAULTS["neighbour_mix"] = 0.0
 ADDED_DEFAULTS["components"] = 4
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
+RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -444,8 +445,9 @@ def fit_loss(model: Translator, inputs: torch.Tensor, targets: torch.Tensor, sha
     A mixture translator is trained winner-take-all: the candidate nearest the target learns it and the scores
     learn which candidate that was (cross-entropy), so where one point may be two scenes each candidate keeps one
     and the scores pick the likelier, not their mean. ``share`` of the loss is every candidate's error: 1 at the
-    start, so all begin at the mean, and annealed to 0 (``relaxation``). Pure winner-take-all from a random start
-    lets one candidate win both scenes and learn their blend while the others never win there.
+    start, so all begin at the mean, annealed to a floor (``relaxation``). Pure winner-take-all from a random start
+    lets one candidate win both scenes and learn their blend while the others never win there; without the floor,
+    each candidate learns only the scenes it wins and draws garbage where the scores pick it for another.
     """
     if model.config.arch != "mixture":
         pred = model(inputs)
@@ -459,9 +461,9 @@ def fit_loss(model: Translator, inputs: torch.Tensor, targets: torch.Tensor, sha
     return candidates[torch.arange(len(inputs)), winner], mse, fit + F.cross_entropy(scores, winner)
 
 
-def relaxation(step: int, total_steps: int) -> float:
-    """The share of every candidate's error in a mixture's loss: 1 at step 0, down to 0 at half the run."""
-    return max(0.0, 1.0 - step / max(1, total_steps / 2))
+def relaxation(step: int, total_steps: int, floor: float = RELAX_FLOOR) -> float:
+    """The share of every candidate's error in a mixture's loss: 1 at step 0, down to ``floor`` at half the run."""
+    return max(floor, 1.0 - step / max(1, total_steps / 2))
 
 
 @torch.no_grad()
