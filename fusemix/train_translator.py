@@ -54,8 +54,8 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         default=d.arch,
         help="mlp: a residual MLP writes every token at once; queries: one learned query per token reads S through "
         "--num-blocks transformer blocks; mixture: the MLP writes --components candidates and picks the best-scored "
-        "one, trained winner-take-all, so a point between two scenes draws one of them, not their blend "
-        "(default: %(default)s)",
+        "one, trained winner-take-all, meant to draw one of two scenes where a point lies between them instead of "
+        "their blend; on the demo it did not remove the blank fields (README) (default: %(default)s)",
     )
     p.add_argument(
         "--components",

@@ -103,7 +103,7 @@ class DemoRecipe:
     translator_blocks: int = 2  # residual blocks of the translator
     translator_dropout: float = 0.1  # dropout inside them
     translator_arch: str = "mlp"  # "mlp", "queries" (learned per-token queries) or "mixture" (generator.translator)
-    translator_components: int = 4  # candidates of a "mixture" translator (`train-translator --components`)
+    translator_components: int = 2  # candidates of a "mixture" translator (`train-translator --components`)
     translator_seed: int = 0  # seeds init, order and noise
     # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
     # --neighbour-mix`), meant to make the translator pick the nearer of two scenes; no gain measured (README)

@@ -60,7 +60,7 @@ ADDED_DEFAULTS["canonical_bank"] = None
 ADDED_DEFAULTS["audio_views"] = False
 ADDED_DEFAULTS["init_from"] = None
 ADDED_DEFAULTS["neighbour_mix"] = 0.0
-ADDED_DEFAULTS["components"] = 4
+ADDED_DEFAULTS["components"] = 2
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
@@ -95,7 +95,7 @@ class TranslatorConfig:
     neighbour_mix: float = 0.0
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
     arch: str = "mlp"  # "mlp", "queries" or "mixture" (generator.translator)
-    components: int = 4  # candidate conditionings of a "mixture" translator (trained winner-take-all)
+    components: int = 2  # candidate conditionings of a "mixture" translator (trained winner-take-all)
     init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
     dropout: float = 0.1
     seed: int = 0

@@ -1,0 +1,77 @@
+"""Which scene a translator tells the image model, without drawing: each clip's translated conditioning is scored by
+the scene of the nearest canonical caption conditioning (the first caption of each caption-bank group), beside the
+scene retrieve mode would pick (the nearest bank caption in S). Minutes on a CPU where the images take an hour.
+
+    .venv/bin/python scripts/translator_decisions.py --preset checkpoints/demo --translator runs/tr \\
+        --bank-cache runs/w5/latents/text_bank --split val2=runs/latents/audio_val2:runs/val2/test.jsonl
+
+A split is NAME=AUDIO_CACHE:MANIFEST (the cache from `fusemix extract` with the preset's audio encoder). Cells are
+background / shape colour / shape / size; "far" is the mean distance from the translated conditioning to its nearest
+canonical one (a blend of two scenes lies far from both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from demoworld import scenes
+from demoworld.judge import ATTRIBUTES
+from fusion.adapters import FuseMixAdapters
+from fusion.cache import load_latents
+from generator.caption_bank import load_caption_bank
+from generator.image_text import image_text_encoder
+from generator.presets import load_preset
+from generator.translator import Translator
+
+
+def accuracy(picked: list[dict], truth: list[dict]) -> str:
+    """Share of clips whose picked scene has the true value, per attribute."""
+    right = {a: sum(p[a] == t[a] for p, t in zip(picked, truth, strict=True)) for a in ATTRIBUTES}
+    return " / ".join(f"{right[a] / len(truth):.3f}" for a in ATTRIBUTES)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="demo", help="preset whose adapters and caption bank are used")
+    p.add_argument("--translator", help="translator folder (default: the preset's)")
+    p.add_argument("--bank-cache", required=True, help="text cache of the caption bank, grouped by scene id")
+    p.add_argument("--split", nargs="+", required=True, metavar="NAME=CACHE:MANIFEST")
+    a = p.parse_args(argv)
+    preset = load_preset(a.preset)
+    adapters = FuseMixAdapters.from_pretrained(str(preset.adapters)).eval()
+    translator = Translator.from_pretrained(a.translator or str(preset.translator)).eval()
+    captions, bank = load_caption_bank(preset.caption_bank)
+    cache = load_latents(Path(a.bank_cache))
+    first: dict[str, str] = {}
+    for group, text in zip(cache.clip_ids, cache.texts, strict=True):
+        first.setdefault(group, text)
+    heads = list(first.values())  # the first caption of each group: its canonical phrasing
+    canonical = image_text_encoder(preset.kind)(heads).flatten(1)
+    for spec in a.split:
+        try:
+            name, rest = spec.split("=", 1)
+            folder, manifest = rest.rsplit(":", 1)
+            latents = load_latents(Path(folder))
+            scene = {r["id"]: r["scene"] for r in map(json.loads, Path(manifest).open())}
+            truth = [scene[i] for i in latents.ids]
+        except (ValueError, OSError, KeyError) as err:
+            print(f"translator_decisions: --split {spec}: {err}", file=sys.stderr)
+            return 1
+        points = F.normalize(adapters.embed("audio", torch.from_numpy(latents.array[:]).float()), dim=-1)
+        retrieved = (points @ bank.T).argmax(1).tolist()
+        near = torch.cdist(translator(points).flatten(1), canonical).min(1)
+        print(f"{name:10s} retrieve   {accuracy([scenes.parse_caption(captions[i]) for i in retrieved], truth)}")
+        told = [scenes.parse_caption(heads[i]) for i in near.indices.tolist()]
+        print(f"{name:10s} translate  {accuracy(told, truth)}  far {near.values.mean():.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
