@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
     add_objective_options(p, d)
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "noise", "dropout"):
+    for name in ("lr", "weight_decay", "noise", "audio_noise", "dropout"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-progress", dest="progress", action="store_false")

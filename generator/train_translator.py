@@ -61,6 +61,7 @@ ADDED_DEFAULTS["audio_views"] = False
 ADDED_DEFAULTS["init_from"] = None
 ADDED_DEFAULTS["neighbour_mix"] = 0.0
 ADDED_DEFAULTS["components"] = 2
+ADDED_DEFAULTS["audio_noise"] = 0.0
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
@@ -89,6 +90,7 @@ class TranslatorConfig:
     lr: float = 1e-3  # AdamW, cosine decay to lr/100
     weight_decay: float = 0.01
     noise: float = 0.05  # std of Gaussian noise added per dimension to the unit-norm S inputs (then renormalised)
+    audio_noise: float = 0.0  # the same for the audio rows' points; 0: as they land
     # share of each batch's rows moved part of the way (up to the midpoint) toward a neighbouring target's point in
     # S, keeping their own target: meant to teach a step between neighbouring scenes instead of a blend that draws
     # neither (on the demo it moved the blend rather than removing it: README)
@@ -171,6 +173,8 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError(f"--distill-images must be one of {DISTILL_IMAGES}, got {cfg.distill_images!r}")
     if cfg.distill_weight < 0 or cfg.distill_steps < 1:
         raise InputError("--distill-weight must be >= 0 and --distill-steps >= 1")
+    if cfg.noise < 0 or cfg.audio_noise < 0:
+        raise InputError("--noise and --audio-noise must be >= 0")
     if cfg.components < 1:
         raise InputError(f"--components must be >= 1, got {cfg.components}")
     if not 0 <= cfg.neighbour_mix <= 1:
@@ -411,6 +415,7 @@ def _run_epoch(
     reseed_global(cfg.seed, "dropout", epoch)
     dgen, rng = torch_generator(cfg.seed, "distill", epoch), numpy_generator(cfg.seed, "render", epoch)
     mgen = torch_generator(cfg.seed, "neighbour", epoch)
+    agen = torch_generator(cfg.seed, "audio-noise", epoch)
     steps_per_epoch = math.ceil(data.num_rows / cfg.batch_size)
     order = torch.randperm(data.num_rows, generator=gen)
     model.train()
@@ -418,7 +423,8 @@ def _run_epoch(
     for i in range(steps_per_epoch):
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         inputs = noisy(data.points[idx], cfg.noise, gen)
-        inputs = torch.where((idx >= len(data.texts))[:, None], data.points[idx], inputs)  # audio rows: as they land
+        audio = noisy(data.points[idx], cfg.audio_noise, agen)  # 0: the audio rows as they land
+        inputs = torch.where((idx >= len(data.texts))[:, None], audio, inputs)
         captions = data.row_caption[idx]
         if cfg.neighbour_mix > 0:
             inputs = toward_neighbours(inputs, captions, data, cfg.neighbour_mix, mgen)

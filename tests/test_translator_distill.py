@@ -134,6 +134,15 @@ def test_audio_points_add_training_rows_and_change_the_translator(demo_inputs, f
     a, b = (load_file(str(tmp_path / run / "diffusion_pytorch_model.safetensors")) for run in ("captions", "audio"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
+    # --audio-noise jitters the audio rows as --noise does the captions; 0 (the default) leaves them as they land
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "zero", *with_audio, "--audio-noise", "0")) == 0
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "noisy", *with_audio, "--audio-noise", "0.1")) == 0
+    zero, noisy_run = (load_file(str(tmp_path / r / "diffusion_pytorch_model.safetensors")) for r in ("zero", "noisy"))
+    assert all(torch.equal(b[k], zero[k]) for k in b) and any(not torch.equal(b[k], noisy_run[k]) for k in b)
+    assert report(tmp_path / "noisy")["audio_noise"] == 0.1
+    with pytest.raises(InputError, match="--audio-noise must be >= 0"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "bad", *with_audio, "--audio-noise", "-1"))
+
 
 def test_augmented_views_are_rows_too_unless_turned_off(demo_inputs, fake_encoder, tmp_path):
     """An audio cache with augmented views (extract --augment 2): each view is a row with its clip's caption."""
