@@ -117,6 +117,7 @@ def _compare_models(recipe: DemoRecipe, folder: Path) -> list[str]:
 
     from fusion.adapters import FuseMixAdapters
     from generator.demo_model import build_unet, sampling_scheduler, training_scheduler
+    from generator.train_translator import new_translator
     from generator.translator import Translator
 
     recorded = FuseMixAdapters.load_config(str(folder / "adapters"))
@@ -124,10 +125,8 @@ def _compare_models(recipe: DemoRecipe, folder: Path) -> list[str]:
     adapters = FuseMixAdapters(**dims, **_adapter_kwargs(recipe))
     diffs = _compare_built(folder, "adapters/config.json", FuseMixAdapters.from_config(recorded), adapters)
     token_dim = _text_width()
-    translator = Translator(
-        adapters.shared_dim, _max_tokens(), token_dim, recipe.translator_blocks, dropout=recipe.translator_dropout,
-        arch=recipe.translator_arch, components=recipe.translator_components if recipe.translator_arch == "mixture" else 1,
-    )  # fmt: skip
+    cfg = translator_config(recipe, Layout(Path("WORK")))
+    translator = new_translator(cfg, adapters.shared_dim, _max_tokens(), token_dim)
     shipped = Translator.from_config(Translator.load_config(str(folder / "translator")))
     diffs += _compare_built(folder, "translator/config.json", shipped, translator)
     unet = build_unet(recipe.resolution, token_dim, tuple(recipe.image_widths))

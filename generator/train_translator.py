@@ -359,13 +359,19 @@ def _distiller(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None) -
     )  # fmt: skip
 
 
+def new_translator(cfg: TranslatorConfig, in_dim: int, num_tokens: int, token_dim: int) -> Translator:
+    """An untrained translator of the run's shape (``--components`` counts only for a mixture: other archs keep
+    the model config they always had)."""
+    return Translator(
+        in_dim, num_tokens, token_dim, cfg.num_blocks, dropout=cfg.dropout, arch=cfg.arch,
+        components=cfg.components if cfg.arch == "mixture" else 1,
+    )  # fmt: skip
+
+
 def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
     """A fresh translator (seeded; its mean and negative from the targets) and optimizer, or both read back."""
     reseed_global(cfg.seed, "init")
-    model = Translator(
-        data.points.shape[1], data.targets.shape[1], data.targets.shape[2], cfg.num_blocks, dropout=cfg.dropout,
-        arch=cfg.arch, components=cfg.components if cfg.arch == "mixture" else 1,
-    )  # fmt: skip
+    model = new_translator(cfg, data.points.shape[1], data.targets.shape[1], data.targets.shape[2])
     with torch.no_grad():
         model.mean.copy_(data.targets.mean(0))
         model.negative.copy_(data.negative)
