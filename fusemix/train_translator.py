@@ -72,6 +72,15 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "between two instead of a blend; on the demo it drew more blends, not fewer (README) (default: %(default)s)",
     )
     p.add_argument(
+        "--snap",
+        type=float,
+        default=d.snap,
+        metavar="DIST",
+        help="keep the --canonical-bank scenes' conditionings as anchors; at inference an output farther than DIST "
+        "(L2) from every anchor is replaced by the nearest, so a clip heard between two scenes draws one of them, "
+        "not a blend; 0: never (default: %(default)s)",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         metavar="TRANSLATOR",

@@ -108,6 +108,9 @@ class DemoRecipe:
     # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
     # --neighbour-mix`), meant to make the translator pick the nearer of two scenes; no gain measured (README)
     translator_neighbour_mix: float = 0.0
+    # an output farther than this (L2) from every bank scene's conditioning snaps to the nearest (`train-translator
+    # --snap`; needs translator_canonical); 0: never
+    translator_snap: float = 0.0
     # train the translator on the training pairs (each clip's point in S and its caption's point, both with the
     # caption's conditioning as target) instead of the bank captions alone (`train-translator --audio-latents`)
     translator_audio_points: bool = False
@@ -432,6 +435,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
         components=recipe.translator_components,
         seed=recipe.translator_seed,
         neighbour_mix=recipe.translator_neighbour_mix,
+        snap=recipe.translator_snap,
         progress=False,
         device=recipe.device,
     )

@@ -126,8 +126,9 @@ def _compare_models(recipe: DemoRecipe, folder: Path) -> list[str]:
     diffs = _compare_built(folder, "adapters/config.json", FuseMixAdapters.from_config(recorded), adapters)
     token_dim = _text_width()
     cfg = translator_config(recipe, Layout(Path("WORK")))
-    translator = new_translator(cfg, adapters.shared_dim, _max_tokens(), token_dim)
     shipped = Translator.from_config(Translator.load_config(str(folder / "translator")))
+    anchors = len(bank_captions(recipe))  # a snapping translator keeps one anchor per bank scene
+    translator = new_translator(cfg, adapters.shared_dim, _max_tokens(), token_dim, anchors)
     diffs += _compare_built(folder, "translator/config.json", shipped, translator)
     unet = build_unet(recipe.resolution, token_dim, tuple(recipe.image_widths))
     shipped = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder / "image_model/unet")))

@@ -62,6 +62,7 @@ ADDED_DEFAULTS["init_from"] = None
 ADDED_DEFAULTS["neighbour_mix"] = 0.0
 ADDED_DEFAULTS["components"] = 2
 ADDED_DEFAULTS["audio_noise"] = 0.0
+ADDED_DEFAULTS["snap"] = 0.0
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
@@ -99,6 +100,9 @@ class TranslatorConfig:
     arch: str = "mlp"  # "mlp", "queries" or "mixture" (generator.translator)
     components: int = 2  # candidate conditionings of a "mixture" translator (trained winner-take-all)
     init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
+    # at inference, an output farther than this (L2) from every canonical target snaps to the nearest one
+    # (generator.translator; needs canonical_bank, whose targets the translator keeps as anchors); 0: never
+    snap: float = 0.0
     dropout: float = 0.1
     seed: int = 0
     progress: bool = True
@@ -177,6 +181,10 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError("--noise and --audio-noise must be >= 0")
     if cfg.components < 1:
         raise InputError(f"--components must be >= 1, got {cfg.components}")
+    if cfg.snap < 0 or (cfg.snap > 0 and not cfg.canonical_bank):
+        raise InputError(
+            f"--snap must be >= 0, and needs --canonical-bank (its scenes are the anchors), got {cfg.snap}"
+        )
     if not 0 <= cfg.neighbour_mix <= 1:
         raise InputError(f"--neighbour-mix must be in [0, 1], got {cfg.neighbour_mix}")
     if cfg.objective == "mse" and cfg.distill_images != "auto":
@@ -359,28 +367,39 @@ def _distiller(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None) -
     )  # fmt: skip
 
 
-def new_translator(cfg: TranslatorConfig, in_dim: int, num_tokens: int, token_dim: int) -> Translator:
-    """An untrained translator of the run's shape (``--components`` counts only for a mixture: other archs keep
-    the model config they always had)."""
+def new_translator(cfg: TranslatorConfig, in_dim: int, num_tokens: int, token_dim: int, anchors: int = 0) -> Translator:
+    """An untrained translator of the run's shape (``--components`` counts only for a mixture, ``anchors`` only
+    with ``--snap``: other runs keep the model config they always had)."""
     return Translator(
         in_dim, num_tokens, token_dim, cfg.num_blocks, dropout=cfg.dropout, arch=cfg.arch,
         components=cfg.components if cfg.arch == "mixture" else 1,
+        anchors=anchors if cfg.snap > 0 else 0, snap=cfg.snap,
     )  # fmt: skip
+
+
+def anchor_rows(data: _Data) -> torch.Tensor:
+    """The captions some row targets (with a canonical bank: one per scene), whose encodings a snapping
+    translator keeps as anchors."""
+    return data.row_caption.unique()
 
 
 def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
     """A fresh translator (seeded; its mean and negative from the targets) and optimizer, or both read back."""
     reseed_global(cfg.seed, "init")
-    model = new_translator(cfg, data.points.shape[1], data.targets.shape[1], data.targets.shape[2])
+    anchors = anchor_rows(data)
+    model = new_translator(cfg, data.points.shape[1], data.targets.shape[1], data.targets.shape[2], len(anchors))
     with torch.no_grad():
         model.mean.copy_(data.targets.mean(0))
         model.negative.copy_(data.negative)
+        if cfg.snap > 0:
+            model.anchor_embeds.copy_(data.targets[anchors])
     if resumed is not None:  # copied into the fresh model: same memory layout, so the same arithmetic as before
         model.load_state_dict(
             Translator.from_pretrained(str(resumed.folder), use_safetensors=True).state_dict(), strict=True
         )
-    elif cfg.init_from:
-        model.load_state_dict(_warm_start(cfg.init_from, model).state_dict(), strict=True)
+    elif cfg.init_from:  # the run's own anchors stay: they come from its targets
+        start = {k: v for k, v in _warm_start(cfg.init_from, model).state_dict().items() if k != "anchor_embeds"}
+        model.load_state_dict({**model.state_dict(), **start}, strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "step": 0, "history": []}
     if resumed is not None:
@@ -397,8 +416,8 @@ def _warm_start(folder: str, model: Translator) -> Translator:
         start = Translator.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise InputError(f"--init-from {folder}: not a translator folder ({str(err).splitlines()[0]})") from None
-    want = {k: v.shape for k, v in model.state_dict().items()}
-    have = {k: v.shape for k, v in start.state_dict().items()}
+    want = {k: v.shape for k, v in model.state_dict().items() if k != "anchor_embeds"}
+    have = {k: v.shape for k, v in start.state_dict().items() if k != "anchor_embeds"}
     if want != have:
         diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         raise InputError(
@@ -480,6 +499,6 @@ def relaxation(step: int, total_steps: int, floor: float = RELAX_FLOOR) -> float
 
 @torch.no_grad()
 def _clean_error(model: Translator, points: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean squared error without input noise or dropout."""
+    """Mean squared error of the learned map (never snapped) without input noise or dropout."""
     model.eval()
-    return F.mse_loss(model(points), targets).item()
+    return F.mse_loss(model.translate(points), targets).item()

@@ -16,6 +16,12 @@ transformer blocks (self-attention over queries and memory), so each token can p
 output is the best-scored candidate. A regression to one answer draws the *mean* of the scenes a point may be
 (two colour-swapped twins averaged give a field with no shape); trained winner-take-all
 (``generator.train_translator``), each candidate stays one scene and the score picks the likelier.
+
+``snap`` (with ``anchors``, the image model's conditionings of one caption per scene, written by the trainer's
+``--snap``): at inference, an output farther than ``snap`` (L2 over all its numbers) from every anchor is replaced
+by the nearest anchor. An image model draws what it was trained on; an output off that set (a clip heard between
+two scenes, or spoken unlike any training voice) draws a blend, often a field with no shape. Outputs near an anchor,
+and every output while training, pass unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Translator(ModelMixin, ConfigMixin):
         arch: str = "mlp",
         memory_tokens: int = 4,
         components: int = 1,
+        anchors: int = 0,
+        snap: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("num_tokens", num_tokens), ("token_dim", token_dim)):
@@ -56,6 +64,8 @@ class Translator(ModelMixin, ConfigMixin):
                 f"arch must be one of {ARCHS}, memory_tokens and components >= 1, got {arch!r}, {memory_tokens}, "
                 f"{components}"
             )
+        if anchors < 0 or snap < 0 or (snap > 0 and anchors == 0):
+            raise ValueError(f"snap needs anchors, and both must be >= 0: got anchors={anchors}, snap={snap}")
         if arch != "queries":
             width = components if arch == "mixture" else 1
             self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
@@ -71,8 +81,23 @@ class Translator(ModelMixin, ConfigMixin):
             self.proj = nn.Linear(token_dim, token_dim)
         self.mean = nn.Parameter(torch.zeros(num_tokens, token_dim))  # mean target, so the MLP learns the residual
         self.register_buffer("negative", torch.zeros(1, num_tokens, token_dim))  # image model's encoding of ""
+        if anchors:  # one conditioning per scene, what far outputs snap to
+            self.register_buffer("anchor_embeds", torch.zeros(anchors, num_tokens, token_dim))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
+        out = self.translate(points)
+        return out if self.training or self.config.snap <= 0 else self.snapped(out)[0]
+
+    def snapped(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``out`` with each conditioning farther than ``snap`` from every anchor replaced by the nearest one, and
+        a mask of the rows replaced."""
+        anchors = self.anchor_embeds.to(out.dtype)
+        distance, nearest = torch.cdist(out.flatten(1), anchors.flatten(1)).min(1)
+        far = distance > self.config.snap
+        return torch.where(far[:, None, None], anchors[nearest], out), far
+
+    def translate(self, points: torch.Tensor) -> torch.Tensor:
+        """The learned map alone, never snapped."""
         if points.ndim != 2 or points.shape[1] != self.config.in_dim:
             raise ValueError(f"points must have shape (batch, {self.config.in_dim}), got {tuple(points.shape)}")
         if self.config.arch == "mixture":

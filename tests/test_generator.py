@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,31 @@ def test_translator_saves_loads_and_checks_shapes(tmp_path, arch):
     candidates, scores = back.candidates(x)
     assert candidates.shape == (4, 3, 3, 5) and scores.shape == (4, 3)
     assert torch.equal(back(x), candidates[torch.arange(4), scores.argmax(1)])  # the best-scored candidate
+
+
+def test_snapping_translator_replaces_only_outputs_far_from_every_anchor(tmp_path):
+    """An output farther than ``snap`` from every anchor draws the nearest anchor; one within it, and every output
+    while training, passes as the map wrote it. Anchors and snap survive save/load; ``snap=0`` at load turns it off."""
+    torch.manual_seed(0)
+    tr = Translator(in_dim=8, num_tokens=3, token_dim=5, anchors=4, snap=1.0, dropout=0.0)
+    x = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    with torch.no_grad():
+        raw = tr.translate(x)
+        tr.anchor_embeds.copy_(torch.randn(4, 3, 5) * 10)
+        tr.anchor_embeds[0] = raw[0] + 0.1  # raw[0] lies 0.39 from anchor 0: kept; the others lie far: snapped
+    tr.eval()
+    out, far = tr.snapped(raw)
+    assert far.tolist() == [False] + [True] * 5
+    assert torch.equal(tr(x)[0], raw[0]) and torch.equal(tr(x), out)
+    nearest = torch.cdist(raw.flatten(1), tr.anchor_embeds.flatten(1)).argmin(1)
+    assert torch.equal(out[1:], tr.anchor_embeds[nearest[1:]])
+    assert torch.equal(tr.train()(x), raw)  # training never snaps: the map keeps its gradient
+    tr.eval().save_pretrained(tmp_path)
+    back = Translator.from_pretrained(tmp_path).eval()
+    assert torch.equal(back(x), out) and back.config.snap == 1.0
+    assert torch.equal(Translator.from_pretrained(tmp_path, snap=0.0).eval()(x), raw)
+    with pytest.raises(ValueError, match="snap needs anchors"):
+        Translator(in_dim=8, num_tokens=3, token_dim=5, snap=1.0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -382,3 +408,10 @@ def test_canonical_bank_targets_the_first_caption_of_the_nearest_group(sd_preset
     )
     pred = Translator.from_pretrained(out).eval()(torch.nn.functional.normalize(points, dim=-1))
     assert (pred - head).pow(2).mean() < (pred - other).pow(2).mean()
+    # --snap: the translator keeps the three groups' head encodings as anchors, and an output off them all draws one
+    snapped = train_translator(replace(cfg, out=str(tmp_path / "snap"), epochs=2, snap=1e-3))
+    tr = Translator.from_pretrained(snapped).eval()
+    heads = encode(["a dog barks", "rain on a roof", "a bell rings"])
+    assert tr.config.anchors == 3 and torch.allclose(tr.anchor_embeds, heads)
+    drawn = tr(torch.nn.functional.normalize(torch.randn(5, tr.config.in_dim), dim=-1))
+    assert all(any(torch.equal(d, h) for h in tr.anchor_embeds) for d in drawn)

@@ -225,6 +225,8 @@ def test_bad_combinations_fail_with_one_line(demo_inputs, fake_encoder, tmp_path
         translator_cli.main(demo_args(demo_inputs, tmp_path / "c", "--objective", "both", "--distill-weight", "-1"))
     with pytest.raises(InputError, match="--components must be >= 1"):
         translator_cli.main(demo_args(demo_inputs, tmp_path / "d", "--arch", "mixture", "--components", "0"))
+    with pytest.raises(InputError, match="--snap must be >= 0, and needs --canonical-bank"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "e", "--snap", "3"))
     with pytest.raises(FusemixError, match="conditioning of dim 8, its text encoding gives 5"):
         translator_distill.build_distiller(  # an image model and a text encoding that do not belong together
             "demo", str(demo_inputs / "image_model"), "auto", ["x"], torch.zeros(1, 4, 5), torch.zeros(1, 4, 5), 0, 1
