@@ -7,7 +7,8 @@ scene retrieve mode would pick (the nearest bank caption in S). Minutes on a CPU
 
 A split is NAME=AUDIO_CACHE:MANIFEST (the cache from `fusemix extract` with the preset's audio encoder). Cells are
 background / shape colour / shape / size; "far" is the mean distance from the translated conditioning to its nearest
-canonical one (a blend of two scenes lies far from both).
+canonical one (a blend of two scenes lies far from both); a snapping translator (`train-translator --snap`) also
+says how many clips it snapped.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         points = F.normalize(adapters.embed("audio", torch.from_numpy(latents.array[:]).float()), dim=-1)
         retrieved = (points @ bank.T).argmax(1).tolist()
+        raw = translator.translate(points)
         near = torch.cdist(translator(points).flatten(1), canonical).min(1)
         print(f"{name:10s} retrieve   {accuracy([scenes.parse_caption(captions[i]) for i in retrieved], truth)}")
         told = [scenes.parse_caption(heads[i]) for i in near.indices.tolist()]
-        print(f"{name:10s} translate  {accuracy(told, truth)}  far {near.values.mean():.3f}")
+        far = torch.cdist(raw.flatten(1), canonical).min(1).values.mean()
+        snapped = f"  snapped {int(translator.snapped(raw)[1].sum())}/{len(raw)}" if translator.config.snap else ""
+        print(f"{name:10s} translate  {accuracy(told, truth)}  far {far:.3f}{snapped}")
     return 0
 
 

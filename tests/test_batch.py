@@ -30,7 +30,11 @@ from generator.batch import (
     read_results,
     run_batch,
 )
+from generator.presets import load_preset
 from tests.fake_audio_to_image import EXAMPLES, FakeAudioToImagePipeline, install_if_missing
+
+DEMO_MODE = load_preset("demo").mode  # the shipped preset's default mode, and the other one
+OTHER_MODE = {"retrieve": "translate", "translate": "retrieve"}[DEMO_MODE]
 
 CLIPS = sorted(EXAMPLES.glob("*.ogg"))
 
@@ -340,7 +344,7 @@ def cli_fake(fake, monkeypatch) -> FakeAudioToImagePipeline:
     [
         (["--seed", "10"], "seed 9 -> 10"),
         (["--steps", "4"], "steps 3 -> 4"),
-        (["--mode", "translate"], "mode 'retrieve' -> 'translate'"),
+        (["--mode", OTHER_MODE], f"mode {DEMO_MODE!r} -> {OTHER_MODE!r}"),
         (["--guidance", "1.5"], "guidance 3 -> 1.5"),
         (["--num-images-per-audio", "2"], "num_images_per_audio 1 -> 2"),
         (["--top-k", "2"], "top_k 5 -> 2"),
@@ -372,8 +376,8 @@ def test_spelling_out_the_presets_defaults_is_not_a_change(cli_fake, folder, tmp
     out = tmp_path / "out"
     argv = ["batch", "--input", str(folder), "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
-    assert {r["settings"]["mode"] for r in lines(out)} == {"retrieve"}  # the demo preset's, recorded as such
-    spelt = [*argv, "--mode", "retrieve", "--steps", "20", "--guidance", "3"]
+    assert {r["settings"]["mode"] for r in lines(out)} == {DEMO_MODE}  # the demo preset's, recorded as such
+    spelt = [*argv, "--mode", DEMO_MODE, "--steps", "20", "--guidance", "3"]
     assert cli.main(spelt) == 0 and "0 done, 3 skipped" in capsys.readouterr().out
 
 

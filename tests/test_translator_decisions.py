@@ -38,7 +38,7 @@ def test_the_examples_are_told_right_in_both_modes(tmp_path, capsys):
     assert [line.split()[1] for line in lines] == ["retrieve", "translate"]
     for line in lines:  # all six right (as `make demo` draws them), in both modes
         assert line.split()[2:9] == ["1.000", "/", "1.000", "/", "1.000", "/", "1.000"]
-    assert float(lines[1].split("far")[1]) > 0
+    assert float(lines[1].split("far")[1].split()[0]) > 0
 
     assert main(["--bank-cache", str(tmp_path / "bank"), "--split", "ex=nowhere"]) == 1
     assert "--split ex=nowhere" in capsys.readouterr().err
