@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         points = F.normalize(adapters.embed("audio", torch.from_numpy(latents.array[:]).float()), dim=-1)
         retrieved = (points @ bank.T).argmax(1).tolist()
-        raw = translator.translate(points)
-        near = torch.cdist(translator(points).flatten(1), canonical).min(1)
+        raw = translator.translate(points)  # once: what the image model is told is raw, snapped where far
+        drawn, far_rows = translator.snapped(raw) if translator.config.snap else (raw, None)
+        near = torch.cdist(drawn.flatten(1), canonical).min(1)
         print(f"{name:10s} retrieve   {accuracy([scenes.parse_caption(captions[i]) for i in retrieved], truth)}")
         told = [scenes.parse_caption(heads[i]) for i in near.indices.tolist()]
         far = torch.cdist(raw.flatten(1), canonical).min(1).values.mean()
-        snapped = f"  snapped {int(translator.snapped(raw)[1].sum())}/{len(raw)}" if translator.config.snap else ""
+        snapped = f"  snapped {int(far_rows.sum())}/{len(raw)}" if far_rows is not None else ""
         print(f"{name:10s} translate  {accuracy(told, truth)}  far {far:.3f}{snapped}")
     return 0
 
