@@ -82,6 +82,29 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "not a blend; 0: never (default: %(default)s)",
     )
     p.add_argument(
+        "--snap-metric-audio",
+        dest="metric_audio_latents",
+        default=None,
+        metavar="CACHE",
+        help="with --snap and --snap-metric-text: audio cache of clips the run does not train on (e.g. the accented "
+        "world's training clips, other voices); far outputs snap to the anchor nearest by the Mahalanobis metric of "
+        "the translator's errors on them, not by L2 (default: L2)",
+    )
+    p.add_argument(
+        "--snap-metric-text",
+        dest="metric_text_latents",
+        default=None,
+        metavar="CACHE",
+        help="the caption cache paired by clip id with --snap-metric-audio",
+    )
+    p.add_argument(
+        "--snap-metric-shrink",
+        dest="metric_shrink",
+        type=float,
+        default=d.metric_shrink,
+        help="the metric's error covariance shrunk toward isotropic: 0 raw, 1 plain L2 (default: %(default)s)",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         metavar="TRANSLATOR",

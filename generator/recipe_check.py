@@ -40,6 +40,8 @@ INPUT_FIELDS = frozenset(
         "image_model",
         "canonical_bank",
         "init_from",
+        "metric_audio_latents",
+        "metric_text_latents",
     }
 )
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
@@ -53,6 +55,7 @@ RESULT_FIELDS = frozenset(
         "relative_mse_audio",
         "distill_error",
         "distill_error_start",
+        "metric_clips",
         "seconds",
     }
 )

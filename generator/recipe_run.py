@@ -73,6 +73,7 @@ def make_default(recipe: DemoRecipe, work: str | Path, out: str | Path) -> Path:
     _build_worlds(recipe, layout)
     _extract_all(recipe, layout)
     _translator_world_caches(recipe, layout)
+    _metric_world_caches(recipe, layout)
     _train_adapters(recipe, layout)
     _train_translator(recipe, layout)
     _train_image_model(recipe, layout)
@@ -89,10 +90,8 @@ def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
     if recipe.translator_world_size is not None:
         size, seed = recipe.translator_world_size, recipe.translator_world_seed
         worlds.append(("world_translator", layout.translator_world, size, seed, "english"))
-    if recipe.accent_world_size is not None:
-        worlds.append(
-            ("world_accent", layout.accent_world, recipe.accent_world_size, recipe.accent_world_seed, "accented")
-        )
+    if recipe.accent_size is not None:  # for training, or the translator's snap metric alone
+        worlds.append(("world_accent", layout.accent_world, recipe.accent_size, recipe.accent_world_seed, "accented"))
     for name, folder, size, seed, voices in worlds:
         cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False, voices=voices)
         settings = asdict(cfg)
@@ -148,6 +147,14 @@ def _translator_world_caches(recipe: DemoRecipe, layout: Layout) -> None:
     for modality in ("audio", "text"):
         _extract(recipe, layout, modality, layout.translator_world / "train.jsonl", "translator_train")
         _join(layout, modality, own, [("translator-", "translator_train")], "translator_all")
+
+
+def _metric_world_caches(recipe: DemoRecipe, layout: Layout) -> None:
+    """The accented world's training clips and captions, when only the translator's snap metric reads them."""
+    if recipe.translator_metric_world_size is None or recipe.accent_world_size is not None:
+        return  # none, or already extracted for training
+    for modality in ("audio", "text"):
+        _extract(recipe, layout, modality, layout.accent_world / "train.jsonl", "accent_train")
 
 
 def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> Path:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from fusion.training import (
     torch_generator,
 )
 from generator.image_text import image_text_encoder
+from generator.snap_metric import fit_snap_metric
 from generator.translator import ARCHS, Translator
 from generator.translator_distill import DISTILL_IMAGES, OBJECTIVES, Distiller, build_distiller
 
@@ -63,8 +64,10 @@ ADDED_DEFAULTS["neighbour_mix"] = 0.0
 ADDED_DEFAULTS["components"] = 2
 ADDED_DEFAULTS["audio_noise"] = 0.0
 ADDED_DEFAULTS["snap"] = 0.0
+ADDED_DEFAULTS.update(metric_audio_latents=None, metric_text_latents=None, metric_shrink=0.5)
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
+OWN_BUFFERS = ("anchor_embeds", "metric_anchors", "metric_offsets")  # a run's own, never taken from --init-from
 CACHED_IMAGES = "distill.images"  # key of the drawn caption images in the checkpoint's extra tensors
 
 
@@ -103,6 +106,11 @@ class TranslatorConfig:
     # at inference, an output farther than this (L2) from every canonical target snaps to the nearest one
     # (generator.translator; needs canonical_bank, whose targets the translator keeps as anchors); 0: never
     snap: float = 0.0
+    # paired audio/caption caches of clips the run does not train on (e.g. the accented world's): the far outputs
+    # snap by the Mahalanobis metric of the translator's errors on them (generator.snap_metric), not L2; None: L2
+    metric_audio_latents: str | None = None
+    metric_text_latents: str | None = None
+    metric_shrink: float = 0.5  # the metric's covariance shrunk toward isotropic (0: raw, 1: plain L2)
     dropout: float = 0.1
     seed: int = 0
     progress: bool = True
@@ -185,6 +193,12 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError(
             f"--snap must be >= 0, and needs --canonical-bank (its scenes are the anchors), got {cfg.snap}"
         )
+    if (cfg.metric_audio_latents is None) != (cfg.metric_text_latents is None) or not 0 <= cfg.metric_shrink <= 1:
+        raise InputError(
+            "--snap-metric-audio and --snap-metric-text go together, and --snap-metric-shrink is in [0, 1]"
+        )
+    if cfg.metric_audio_latents and cfg.snap <= 0:
+        raise InputError("--snap-metric-audio needs --snap (the metric judges where far outputs snap)")
     if not 0 <= cfg.neighbour_mix <= 1:
         raise InputError(f"--neighbour-mix must be in [0, 1], got {cfg.neighbour_mix}")
     if cfg.objective == "mse" and cfg.distill_images != "auto":
@@ -219,6 +233,8 @@ def train_translator(cfg: TranslatorConfig, resume: bool = False) -> Path:
         state["history"].append(entry)
         state.update(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch)
         if epoch + 1 == cfg.epochs:
+            if cfg.metric_audio_latents:
+                report["metric_clips"] = _fit_metric(cfg, model, data)
             report.update(_final_report(cfg, model, data, distiller, scale, state))
         manager.save(state, optimizer=opt, model=model, extra=extra, files={REPORT_FILE: report})
     return manager.folder
@@ -256,6 +272,30 @@ def _load_data(cfg: TranslatorConfig) -> _Data:
     targets = encode(texts).cpu()
     negative = encode([""]).cpu()
     return _Data(texts, points, targets, negative, row_caption)
+
+
+def _fit_metric(cfg: TranslatorConfig, model: Translator, data: _Data) -> int:
+    """The snap metric from the translator's errors on the ``--snap-metric`` clips, each aimed at the anchor of the
+    bank scene nearest its caption in S (as the training rows are); returns the number of clips."""
+    adapters = FuseMixAdapters.from_pretrained(cfg.adapters, use_safetensors=True).eval()
+    held = replace(cfg, audio_latents=cfg.metric_audio_latents, text_latents=cfg.metric_text_latents)
+    cache = _caption_cache(held.text_latents, adapters)
+    texts, points = _caption_points(cache, adapters)
+    audio_points, caption = _audio_rows(held, adapters, cache, {t: i for i, t in enumerate(texts)})
+    bank = _caption_cache(cfg.canonical_bank, adapters)
+    bank_texts, bank_points = _caption_points(bank, adapters)
+    head: dict[str, str] = {}
+    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
+        head.setdefault(group, text)
+    group_of = dict(zip(bank.texts, bank.clip_ids, strict=True))
+    nearest = (F.normalize(points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
+    index = {t: i for i, t in enumerate(data.texts)}
+    canonical = torch.tensor([index[head[group_of[bank_texts[j]]]] for j in nearest])
+    anchors = anchor_rows(data)
+    anchor_index = torch.searchsorted(anchors, canonical[caption])
+    clips = fit_snap_metric(model, audio_points, anchor_index, cfg.metric_shrink)
+    logger.info("snap metric from %d clips of %s (shrink %.2f)", clips, cfg.metric_audio_latents, cfg.metric_shrink)
+    return clips
 
 
 def _caption_cache(folder: str, adapters: FuseMixAdapters):
@@ -373,7 +413,7 @@ def new_translator(cfg: TranslatorConfig, in_dim: int, num_tokens: int, token_di
     return Translator(
         in_dim, num_tokens, token_dim, cfg.num_blocks, dropout=cfg.dropout, arch=cfg.arch,
         components=cfg.components if cfg.arch == "mixture" else 1,
-        anchors=anchors if cfg.snap > 0 else 0, snap=cfg.snap,
+        anchors=anchors if cfg.snap > 0 else 0, snap=cfg.snap, metric=cfg.metric_audio_latents is not None,
     )  # fmt: skip
 
 
@@ -397,8 +437,8 @@ def _build(cfg: TranslatorConfig, data: _Data, resumed: Checkpoint | None):
         model.load_state_dict(
             Translator.from_pretrained(str(resumed.folder), use_safetensors=True).state_dict(), strict=True
         )
-    elif cfg.init_from:  # the run's own anchors stay: they come from its targets
-        start = {k: v for k, v in _warm_start(cfg.init_from, model).state_dict().items() if k != "anchor_embeds"}
+    elif cfg.init_from:  # the run's own anchors (and metric) stay
+        start = {k: v for k, v in _warm_start(cfg.init_from, model).state_dict().items() if k not in OWN_BUFFERS}
         model.load_state_dict({**model.state_dict(), **start}, strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "step": 0, "history": []}
@@ -416,8 +456,8 @@ def _warm_start(folder: str, model: Translator) -> Translator:
         start = Translator.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise InputError(f"--init-from {folder}: not a translator folder ({str(err).splitlines()[0]})") from None
-    want = {k: v.shape for k, v in model.state_dict().items() if k != "anchor_embeds"}
-    have = {k: v.shape for k, v in start.state_dict().items() if k != "anchor_embeds"}
+    want = {k: v.shape for k, v in model.state_dict().items() if k not in OWN_BUFFERS}
+    have = {k: v.shape for k, v in start.state_dict().items() if k not in OWN_BUFFERS}
     if want != have:
         diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         raise InputError(

@@ -21,6 +21,7 @@ from fusion.errors import ModelUnavailableError  # noqa: E402
 from generator.audio_to_image import AudioToImagePipeline, upscale  # noqa: E402
 from generator.caption_bank import save_caption_bank  # noqa: E402
 from generator.presets import load_preset  # noqa: E402
+from generator.snap_metric import fit_snap_metric  # noqa: E402
 from generator.train_translator import (  # noqa: E402
     TranslatorConfig,
     fit_loss,
@@ -129,8 +130,35 @@ def test_snapping_translator_replaces_only_outputs_far_from_every_anchor(tmp_pat
     back = Translator.from_pretrained(tmp_path).eval()
     assert torch.equal(back(x), out) and back.config.snap == 1.0
     assert torch.equal(Translator.from_pretrained(tmp_path, snap=0.0).eval()(x), raw)
-    with pytest.raises(ValueError, match="snap needs anchors"):
+    with pytest.raises(ValueError, match="snap and metric need anchors"):
         Translator(in_dim=8, num_tokens=3, token_dim=5, snap=1.0)
+
+
+def test_snap_metric_discounts_the_directions_the_translator_errs_along(tmp_path):
+    """Anchors at the corners (0,0), (2,0), (0,2), (2,2) of two directions; the held clips' errors run along their
+    sum. An output at (1.6, 0.9) lies nearest (2,0) by L2, but along the difference (what the errors leave alone)
+    it matches (0,0) and (2,2), and along the sum it is nearer (2,2): the metric snaps it there. ``shrink=1`` is L2,
+    and the metric survives save/load."""
+    torch.manual_seed(0)
+    tr = Translator(in_dim=15, num_tokens=3, token_dim=5, anchors=4, snap=0.5, metric=True, dropout=0.0).eval()
+    tr.translate = lambda points: points.view(-1, 3, 5)  # the identity map: a point is the output
+    e0, e1 = torch.eye(15)[0], torch.eye(15)[1]
+    corners = torch.stack([0 * e0, 2 * e0, 2 * e1, 2 * e0 + 2 * e1])
+    tr.anchor_embeds.copy_(corners.view(4, 3, 5))
+    truth = torch.randint(4, (400,))
+    held = corners[truth] + torch.randn(400, 1) * (e0 + e1) + 0.2 * torch.randn(400, 15)
+    assert fit_snap_metric(tr, held, truth, shrink=0.0) == 400
+    x = (1.6 * e0 + 0.9 * e1)[None]
+    assert torch.cdist(x, corners).argmin().item() == 1  # L2: (2, 0)
+    assert torch.equal(tr.snapped(x.view(1, 3, 5))[0], corners[3].view(1, 3, 5))  # the metric: (2, 2)
+    fit_snap_metric(tr, held, truth, shrink=1.0)
+    assert torch.equal(tr.snapped(x.view(1, 3, 5))[0], corners[1].view(1, 3, 5))
+    fit_snap_metric(tr, held, truth, shrink=0.0)
+    tr.save_pretrained(tmp_path)
+    back = Translator.from_pretrained(tmp_path).eval()
+    assert back.config.metric and torch.equal(back.metric_anchors, tr.metric_anchors)
+    with pytest.raises(ValueError, match="no metric buffers"):
+        fit_snap_metric(Translator(in_dim=15, num_tokens=3, token_dim=5, anchors=4, snap=0.5), held, truth, 0.5)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -216,6 +216,33 @@ def test_neighbour_mix_moves_rows_toward_a_neighbour_but_keeps_them_nearer_their
         translator_cli.main(demo_args(demo_inputs, tmp_path / "bad", "--neighbour-mix", "1.5"))
 
 
+def test_snap_metric_is_fitted_on_the_held_clips_each_aimed_at_its_scene(demo_inputs, fake_encoder, tmp_path):
+    """``--snap-metric-audio/-text``: after training, the metric comes from the translator's errors on those clips,
+    each against the anchor of its caption's bank scene (here every caption is its own scene: clip i, anchor i)."""
+    text, audio = str(demo_inputs / "text"), str(demo_inputs / "audio")
+    snap = ["--epochs", "2", "--canonical-bank", text, "--snap", "1e-3"]
+    held = ["--snap-metric-audio", audio, "--snap-metric-text", text, "--snap-metric-shrink", "0.3"]
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "m", *snap, *held)) == 0
+    assert report(tmp_path / "m")["metric_clips"] == 8 and report(tmp_path / "m")["metric_shrink"] == 0.3
+    tr = Translator.from_pretrained(str(tmp_path / "m")).eval()
+    assert tr.config.metric and tr.metric_anchors.abs().sum() > 0
+    by_hand = Translator.from_pretrained(str(tmp_path / "m")).eval()
+    by_hand.metric_anchors.zero_()
+    points = FuseMixAdapters.from_pretrained(demo_inputs / "adapters").embed(
+        "audio", torch.from_numpy(np.asarray(trainer.load_latents(Path(audio)).array, dtype=np.float32))
+    )
+    trainer.fit_snap_metric(by_hand, points, torch.arange(8), 0.3)
+    torch.testing.assert_close(by_hand.metric_anchors, tr.metric_anchors)
+    torch.testing.assert_close(by_hand.metric_offsets, tr.metric_offsets)
+    # L2 runs (no metric) keep the model config they always had
+    assert translator_cli.main(demo_args(demo_inputs, tmp_path / "l2", *snap)) == 0
+    assert not Translator.from_pretrained(str(tmp_path / "l2")).config.metric
+    with pytest.raises(InputError, match="--snap-metric-audio and --snap-metric-text go together"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "x", *snap, "--snap-metric-audio", audio))
+    with pytest.raises(InputError, match="--snap-metric-audio needs --snap"):
+        translator_cli.main(demo_args(demo_inputs, tmp_path / "y", "--canonical-bank", text, *held))
+
+
 def test_bad_combinations_fail_with_one_line(demo_inputs, fake_encoder, tmp_path):
     with pytest.raises(InputError, match="--audio-latents .*dim 7.*takes 6"):
         translator_cli.main(demo_args(demo_inputs, tmp_path / "a", "--audio-latents", str(demo_inputs / "audio_wide")))
