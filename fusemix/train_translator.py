@@ -73,6 +73,17 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "shipped translator's (README) (default: %(default)s)",
     )
     p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="TRANSLATOR",
+        help="start from this translator's weights (same --arch and --num-blocks), e.g. an mse run to fine-tune "
+        "with --objective distill or both (default: a fresh translator)",
+    )
+
+
+def add_snap_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> None:
+    """Where an output far from every scene goes at inference: snapped to a scene, judged by L2 or a metric."""
+    p.add_argument(
         "--snap",
         type=float,
         default=d.snap,
@@ -103,13 +114,6 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         type=float,
         default=d.metric_shrink,
         help="the metric's error covariance shrunk toward isotropic: 0 raw, 1 plain L2 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--init-from",
-        default=None,
-        metavar="TRANSLATOR",
-        help="start from this translator's weights (same --arch and --num-blocks), e.g. an mse run to fine-tune "
-        "with --objective distill or both (default: a fresh translator)",
     )
 
 
@@ -154,6 +158,7 @@ def parse_args(argv: list[str] | None) -> tuple[TranslatorConfig, bool]:
         "only (default: every view is a row too)",
     )
     add_objective_options(p, d)
+    add_snap_options(p, d)
     for name in ("epochs", "batch_size", "num_blocks", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "noise", "audio_noise", "dropout"):

@@ -282,12 +282,7 @@ def _fit_metric(cfg: TranslatorConfig, model: Translator, data: _Data) -> int:
     cache = _caption_cache(held.text_latents, adapters)
     texts, points = _caption_points(cache, adapters)
     audio_points, caption = _audio_rows(held, adapters, cache, {t: i for i, t in enumerate(texts)})
-    bank = _caption_cache(cfg.canonical_bank, adapters)
-    bank_texts, bank_points = _caption_points(bank, adapters)
-    head: dict[str, str] = {}
-    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
-        head.setdefault(group, text)
-    group_of = dict(zip(bank.texts, bank.clip_ids, strict=True))
+    bank_texts, bank_points, group_of, head = _bank_groups(cfg.canonical_bank, adapters)
     nearest = (F.normalize(points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
     index = {t: i for i, t in enumerate(data.texts)}
     canonical = torch.tensor([index[head[group_of[bank_texts[j]]]] for j in nearest])
@@ -321,12 +316,7 @@ def _caption_points(cache, adapters: FuseMixAdapters) -> tuple[list[str], torch.
 def _canonical_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, texts, points, row_caption):
     """Add the bank's captions as rows, and point every row's target at the first caption of the bank group
     nearest (cosine in S) its caption; a bank caption's group is its own. Returns texts, points, row_caption."""
-    bank = _caption_cache(cfg.canonical_bank, adapters)
-    bank_texts, bank_points = _caption_points(bank, adapters)
-    group_of = dict(zip(bank.texts, bank.clip_ids, strict=True))
-    head: dict[str, str] = {}  # group -> its first caption
-    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
-        head.setdefault(group, text)
+    bank_texts, bank_points, group_of, head = _bank_groups(cfg.canonical_bank, adapters)
     known = set(texts)
     added = [i for i, t in enumerate(bank_texts) if t not in known]
     all_texts = texts + [bank_texts[i] for i in added]
@@ -340,6 +330,16 @@ def _canonical_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, texts, poi
     logger.info("canonical targets from %s: %d groups, %d bank captions added, %d of %d captions retargeted",
                 cfg.canonical_bank, len(head), len(added), moved, len(all_texts))  # fmt: skip
     return all_texts, torch.cat([caption_points, points[len(texts) :]]), canonical[rows]
+
+
+def _bank_groups(folder: str, adapters: FuseMixAdapters):
+    """A caption bank's unique captions, their points in S, each caption's group and each group's first caption."""
+    bank = _caption_cache(folder, adapters)
+    texts, points = _caption_points(bank, adapters)
+    head: dict[str, str] = {}  # group -> its first caption
+    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
+        head.setdefault(group, text)
+    return texts, points, dict(zip(bank.texts, bank.clip_ids, strict=True)), head
 
 
 def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int]):

@@ -23,10 +23,10 @@ by the nearest anchor. An image model draws what it was trained on; an output of
 two scenes, or spoken unlike any training voice) draws a blend, often a field with no shape. Outputs near an anchor,
 and every output while training, pass unchanged.
 
-``metric`` (with ``anchors``; used while ``snap`` > 0): the far output snaps to the anchor nearest under a Mahalanobis metric instead of L2, the
-inverse covariance of the translator's errors on clips it never trained on (``generator.snap_metric``). Far from
-every anchor, plain L2 weighs each direction of the conditioning alike; the metric discounts the directions the
-translator gets wrong on unheard voices, so the scene is judged by what it gets right.
+``metric`` (with ``anchors``; used while ``snap`` > 0): a far output snaps to the anchor nearest under a
+Mahalanobis metric instead of L2, the inverse covariance of the translator's errors on clips it never trained on
+(``generator.snap_metric``). Far from every anchor, plain L2 weighs each direction of the conditioning alike; the
+metric discounts the directions the translator gets wrong on unheard voices, so the scene is judged by the rest.
 """
 
 from __future__ import annotations

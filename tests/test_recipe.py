@@ -12,7 +12,16 @@ import pytest
 from fusemix.cli import main as fusemix
 from fusion.errors import FusemixError
 from generator.presets import CHECKPOINTS, shipped_path
-from generator.recipe import ACCENTED, DEFAULT, RECIPES, TINY, WHISPER_TOKENS, Layout, training_clips
+from generator.recipe import (
+    ACCENTED,
+    DEFAULT,
+    RECIPES,
+    TINY,
+    WHISPER_TOKENS,
+    Layout,
+    training_clips,
+    translator_config,
+)
 from generator.recipe_run import run_step
 
 SHIPPED = CHECKPOINTS / "demo"
@@ -53,8 +62,27 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, translator_tune="mse").check()
     with pytest.raises(ValueError, match="accent_world_seed"):
         replace(DEFAULT, accent_world_size="12", accent_world_seed=DEFAULT.extra_world_seed).check()
+    with pytest.raises(ValueError, match="translator_metric_world_size needs translator_snap"):
+        replace(DEFAULT, translator_snap=0.0).check()
+    with pytest.raises(ValueError, match="with accent_world_size, equals it"):  # one accented world, one size
+        replace(DEFAULT, accent_world_size="12").check()
     for recipe in RECIPES.values():
         recipe.check()
+
+
+def test_the_snap_metric_reads_the_accented_world_the_adapters_never_train_on():
+    """The default builds the accented world for the translator's snap metric alone: not a training world."""
+    assert DEFAULT.accent_size == "default" and DEFAULT.accent_world_size is None
+    assert DEFAULT.extra_training() == [("extra-", "extra_train")]
+    cfg = translator_config(DEFAULT, Layout(Path("W")))
+    assert (cfg.metric_audio_latents, cfg.metric_text_latents) == (
+        str(Layout(Path("W")).latents("audio", "accent_train")),
+        str(Layout(Path("W")).latents("text", "accent_train")),
+    )
+    plain = translator_config(replace(DEFAULT, translator_metric_world_size=None), Layout(Path("W")))
+    assert (
+        plain.metric_audio_latents is None and replace(DEFAULT, translator_metric_world_size=None).accent_size is None
+    )
 
 
 def test_default_recipe_gives_the_shipped_number_of_training_clips():
