@@ -218,6 +218,7 @@ def train_translator(cfg: TranslatorConfig, resume: bool = False) -> Path:
     if state["epoch"] >= cfg.epochs:
         logger.info("%s already trained for %d epochs; nothing to do", cfg.out, state["epoch"])
         return manager.folder
+    held = _metric_rows(cfg, data) if cfg.metric_audio_latents else None  # read now: a bad cache fails at once
     if distiller is not None and "distill_error_start" not in state:
         state["distill_error_start"] = distiller.error(model, data.caption_points, cfg.seed)
     scale = data.targets.pow(2).mean().item()  # report loss relative to the targets' power
@@ -233,8 +234,8 @@ def train_translator(cfg: TranslatorConfig, resume: bool = False) -> Path:
         state["history"].append(entry)
         state.update(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch)
         if epoch + 1 == cfg.epochs:
-            if cfg.metric_audio_latents:
-                report["metric_clips"] = _fit_metric(cfg, model, data)
+            if held is not None:
+                report["metric_clips"] = fit_snap_metric(model, *held, cfg.metric_shrink)
             report.update(_final_report(cfg, model, data, distiller, scale, state))
         manager.save(state, optimizer=opt, model=model, extra=extra, files={REPORT_FILE: report})
     return manager.folder
@@ -274,23 +275,21 @@ def _load_data(cfg: TranslatorConfig) -> _Data:
     return _Data(texts, points, targets, negative, row_caption)
 
 
-def _fit_metric(cfg: TranslatorConfig, model: Translator, data: _Data) -> int:
-    """The snap metric from the translator's errors on the ``--snap-metric`` clips, each aimed at the anchor of the
-    bank scene nearest its caption in S (as the training rows are); returns the number of clips."""
+def _metric_rows(cfg: TranslatorConfig, data: _Data) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``--snap-metric`` clips' points in S and, for each, the anchor of its caption's bank scene (the rule the
+    training rows follow), which ``fit_snap_metric`` measures the translator's errors against."""
     adapters = FuseMixAdapters.from_pretrained(cfg.adapters, use_safetensors=True).eval()
     held = replace(cfg, audio_latents=cfg.metric_audio_latents, text_latents=cfg.metric_text_latents)
     cache = _caption_cache(held.text_latents, adapters)
     texts, points = _caption_points(cache, adapters)
     audio_points, caption = _audio_rows(held, adapters, cache, {t: i for i, t in enumerate(texts)})
-    bank_texts, bank_points, group_of, head = _bank_groups(cfg.canonical_bank, adapters)
-    nearest = (F.normalize(points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
     index = {t: i for i, t in enumerate(data.texts)}
-    canonical = torch.tensor([index[head[group_of[bank_texts[j]]]] for j in nearest])
-    anchors = anchor_rows(data)
-    anchor_index = torch.searchsorted(anchors, canonical[caption])
-    clips = fit_snap_metric(model, audio_points, anchor_index, cfg.metric_shrink)
-    logger.info("snap metric from %d clips of %s (shrink %.2f)", clips, cfg.metric_audio_latents, cfg.metric_shrink)
-    return clips
+    canonical = torch.tensor(
+        [index[h] for h in _scene_heads(texts, points, _bank_groups(cfg.canonical_bank, adapters))]
+    )
+    logger.info("snap metric: %d clips of %s (shrink %.2f)", len(audio_points), cfg.metric_audio_latents,
+                cfg.metric_shrink)  # fmt: skip
+    return audio_points, torch.searchsorted(anchor_rows(data), canonical[caption])
 
 
 def _caption_cache(folder: str, adapters: FuseMixAdapters):
@@ -316,15 +315,14 @@ def _caption_points(cache, adapters: FuseMixAdapters) -> tuple[list[str], torch.
 def _canonical_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, texts, points, row_caption):
     """Add the bank's captions as rows, and point every row's target at the first caption of the bank group
     nearest (cosine in S) its caption; a bank caption's group is its own. Returns texts, points, row_caption."""
-    bank_texts, bank_points, group_of, head = _bank_groups(cfg.canonical_bank, adapters)
+    bank = _bank_groups(cfg.canonical_bank, adapters)
+    bank_texts, bank_points, _, head = bank
     known = set(texts)
     added = [i for i, t in enumerate(bank_texts) if t not in known]
     all_texts = texts + [bank_texts[i] for i in added]
     index = {t: i for i, t in enumerate(all_texts)}
     caption_points = torch.cat([points[: len(texts)], bank_points[added]])
-    nearest = (F.normalize(caption_points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
-    groups = [group_of.get(t, group_of[bank_texts[j]]) for t, j in zip(all_texts, nearest, strict=True)]
-    canonical = torch.tensor([index[head[g]] for g in groups])
+    canonical = torch.tensor([index[h] for h in _scene_heads(all_texts, caption_points, bank)])
     rows = torch.cat([row_caption[: len(texts)], torch.arange(len(texts), len(all_texts)), row_caption[len(texts) :]])
     moved = int((canonical != torch.arange(len(all_texts))).sum())
     logger.info("canonical targets from %s: %d groups, %d bank captions added, %d of %d captions retargeted",
@@ -340,6 +338,14 @@ def _bank_groups(folder: str, adapters: FuseMixAdapters):
     for text, group in zip(bank.texts, bank.clip_ids, strict=True):
         head.setdefault(group, text)
     return texts, points, dict(zip(bank.texts, bank.clip_ids, strict=True)), head
+
+
+def _scene_heads(texts: list[str], points: torch.Tensor, bank) -> list[str]:
+    """For each caption, the first caption of its bank group: its own group for a bank caption, else the group of
+    the bank caption nearest it (cosine in S). ``bank`` is ``_bank_groups``'s answer."""
+    bank_texts, bank_points, group_of, head = bank
+    nearest = (F.normalize(points, dim=-1) @ F.normalize(bank_points, dim=-1).T).argmax(1).tolist()
+    return [head[group_of.get(t, group_of[bank_texts[j]])] for t, j in zip(texts, nearest, strict=True)]
 
 
 def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int]):
