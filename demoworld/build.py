@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from demoworld import scenes, speech
+from demoworld import accents, scenes, speech
 from fusion.cache import atomic_write_bytes, atomic_write_json
 from fusion.errors import FusemixError, InputError
 
@@ -64,7 +64,9 @@ class BuildConfig:
     resolution: int = 32  # image side in pixels (32 on CPU, 64 for GPU runs)
     workers: int = 2  # espeak-ng synthesis threads
     progress: bool = True  # show a tqdm progress bar
-    voices: str = "english"  # the voice set (speech.VOICE_SETS): "english", or "accented" (other languages' voices)
+    # the voice set (speech.VOICE_SETS): "english", "accented" (other languages' voices) or "simulated" (English
+    # voices with simulated accents: demoworld.accents)
+    voices: str = "english"
 
 
 @dataclass
@@ -128,6 +130,10 @@ def plan(config: BuildConfig) -> list[ScenePlan]:
                 template = templates[int(rng.integers(len(templates)))]
                 text = scenes.caption(item.scene, template, rng)
                 settings = speech.draw_settings(speech.VOICE_SETS[config.voices][split], rng)
+                pool = speech.ACCENT_POOLS.get(config.voices, {}).get(split, ())
+                if pool:  # its own generator: everything else is drawn as for the English voices
+                    accent = accents.draw_accent(pool, np.random.default_rng([config.seed, 4, split_index, i, k]))
+                    settings = replace(settings, accent=accent)
                 item.clips.append(
                     ClipPlan(f"{item.id}-{k}", text, template, settings, [config.seed, 2, split_index, i, k])
                 )
@@ -161,6 +167,7 @@ def build_settings(config: BuildConfig) -> dict:
         "sizes": {s: scenes.SIZE_RADIUS[s] for s in scenes.SIZES},
         "templates": {split: {t: scenes.TEMPLATES[t] for t in SPLIT_TEMPLATES[split]} for split in SPLITS},
         "voices": speech.VOICE_SETS[config.voices],
+        **({"accents": speech.ACCENT_POOLS[config.voices]} if config.voices in speech.ACCENT_POOLS else {}),
         "speed_wpm": speech.SPEED_RANGE,
         "pitch": speech.PITCH_RANGE,
         "snr_db": speech.SNR_RANGE_DB,
@@ -212,6 +219,7 @@ def manifest_line(item: ScenePlan, clip: ClipPlan) -> dict:
         "snr_db": clip.settings.snr_db,
         "noise": clip.settings.noise,
         "gain": clip.settings.gain,
+        **({"accent": clip.settings.accent} if clip.settings.accent else {}),
     }
 
 

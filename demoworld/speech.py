@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from demoworld import accents
 from fusion.cache import atomic_write_bytes
 from fusion.errors import FusemixError
 
@@ -69,7 +70,16 @@ ACCENTED_VOICES: dict[str, tuple[str, ...]] = {
     "val": tuple(f"{a}+{v}" for a in ACCENTED_VAL_ACCENTS for v in VAL_VARIANTS),
     "test": TEST_VOICES,
 }
-VOICE_SETS: dict[str, dict[str, tuple[str, ...]]] = {"english": VOICES, "accented": ACCENTED_VOICES}
+# Simulated accents (`--voices simulated`, demoworld.accents): the English voices, each clip bent by sound changes
+# of its split's pool (training worlds hear TRAIN_CHANGES, validation VAL_CHANGES); the test split stays unbent.
+VOICE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "english": VOICES,
+    "accented": ACCENTED_VOICES,
+    "simulated": VOICES,
+}
+ACCENT_POOLS: dict[str, dict[str, tuple[str, ...]]] = {
+    "simulated": {"train": accents.TRAIN_CHANGES, "val": accents.VAL_CHANGES, "test": ()}
+}
 
 SPEED_RANGE: tuple[int, int] = (120, 170)  # words per minute (espeak -s); Whisper degrades above ~170
 PITCH_RANGE: tuple[int, int] = (30, 70)  # espeak -p, 0..99, default 50
@@ -88,13 +98,14 @@ class SpeechSettings:
     snr_db: float  # speech-to-noise ratio of the added noise
     noise: str  # one of NOISE_COLOURS
     gain: float  # peak amplitude of the final clip
+    accent: str = ""  # simulated accent (demoworld.accents): comma-separated sound changes, "" for none
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def draw_settings(voices: tuple[str, ...], rng: np.random.Generator) -> SpeechSettings:
-    """Random speaking settings with one of ``voices``."""
+    """Random speaking settings with one of ``voices`` (no accent: the builder draws that from its own generator)."""
     if not voices:
         raise ValueError("voices must not be empty")
     return SpeechSettings(
@@ -144,6 +155,15 @@ def check_voice(voice: str) -> None:
         raise FusemixError(f"espeak-ng has no variant {variant!r} (from {voice!r}); see `espeak-ng --voices=variant`")
 
 
+def espeak_phonemes(text: str, voice: str) -> str:
+    """espeak-ng's phoneme mnemonics for ``text`` as ``voice`` would say it (one line, words space-separated)."""
+    check_voice(voice)
+    proc = subprocess.run([check_espeak(), "-q", "-x", "-v", voice, text], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise FusemixError(f"espeak-ng could not transcribe {text!r} with voice {voice!r}: {proc.stderr.strip()}")
+    return " ".join(proc.stdout.split())
+
+
 def espeak(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
     """Raw espeak-ng speech as float32 in [-1, 1] and its sample rate (22050 Hz for gmw voices)."""
     if not text.strip():
@@ -190,6 +210,8 @@ def pad_silence(audio: np.ndarray, seconds: float = PAD_SECONDS, sr: int = SAMPL
 
 def speak(text: str, settings: SpeechSettings, rng: np.random.Generator) -> np.ndarray:
     """The caption spoken with ``settings``: 16 kHz mono float32, padded, noisy, peak = ``settings.gain``."""
+    if settings.accent:  # the caption's phonemes bent by the accent, spoken back from phonemes
+        text = f"[[{accents.bend(espeak_phonemes(text, settings.voice), settings.accent, rng)}]]"
     raw, sr = espeak(text, settings.voice, settings.speed, settings.pitch)
     speech = resample(raw, sr)
     if float(np.sqrt(np.mean(speech**2))) == 0.0:

@@ -60,6 +60,9 @@ class DemoRecipe:
     # and Russian voices), joined after the other training clips; None: none
     accent_world_size: str | None = None
     accent_world_seed: int = 4  # its seed (must differ from the other worlds')
+    # its `fusemix demo build --voices`: "accented" (espeak-ng's Hindi and Russian voices) or "simulated" (the English
+    # voices with simulated accents: demoworld.accents)
+    accent_world_voices: str = "accented"
     resolution: int = 32  # image side of the worlds' scenes and of the image model
     # -- encoders and latents
     audio_encoder: str = "whisper-tiny.en-10s"  # frozen audio encoder (fusion.encoders name)
@@ -181,6 +184,8 @@ class DemoRecipe:
             raise ValueError("translator_world_seed must differ from world_seed and extra_world_seed: same clips twice")
         if self.accent_world_size is not None and self.accent_world_seed in (*seeds, self.translator_world_seed):
             raise ValueError("accent_world_seed must differ from the other worlds' seeds: the same scenes twice")
+        if self.accent_world_voices not in ("accented", "simulated"):
+            raise ValueError(f"accent_world_voices must be 'accented' or 'simulated', got {self.accent_world_voices!r}")
         metric_size = self.translator_metric_world_size
         if metric_size is not None and (self.translator_snap <= 0 or self.accent_world_size not in (None, metric_size)):
             raise ValueError(
@@ -269,6 +274,11 @@ AUGMENTED = replace(DEFAULT, name="augmented", audio_augment=1)
 # accent no training run hears, it hears "large" as "small" (stop 30: nearest caption, size 10 clips lost against 1
 # gained; README), so not the default.
 ACCENTED = replace(DEFAULT, name="accented", accent_world_size="default", epochs=40)
+# The same third world spoken with simulated accents instead (`--voices simulated`: the English training voices, each
+# clip bent by 2-4 sound changes of the training pool; demoworld.accents), its translator snapping by L2.
+SIMULATED = replace(
+    ACCENTED, name="simulated", accent_world_voices="simulated", accent_world_seed=5, translator_metric_world_size=None
+)
 # An earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
 LOCKED_TEXT = replace(
     WHISPER_TOKENS,
@@ -311,7 +321,7 @@ TINY = replace(
     image_checkpoint_every=100,
 )
 RECIPES: dict[str, DemoRecipe] = {
-    r.name: r for r in (DEFAULT, AUGMENTED, ACCENTED, WHISPER_TOKENS, TRANSCRIPT, CONCAT, LOCKED_TEXT, TINY)
+    r.name: r for r in (DEFAULT, AUGMENTED, ACCENTED, SIMULATED, WHISPER_TOKENS, TRANSCRIPT, CONCAT, LOCKED_TEXT, TINY)
 }
 
 

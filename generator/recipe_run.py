@@ -91,7 +91,8 @@ def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
         size, seed = recipe.translator_world_size, recipe.translator_world_seed
         worlds.append(("world_translator", layout.translator_world, size, seed, "english"))
     if recipe.accent_size is not None:  # for training, or the translator's snap metric alone
-        worlds.append(("world_accent", layout.accent_world, recipe.accent_size, recipe.accent_world_seed, "accented"))
+        size, seed, voices = recipe.accent_size, recipe.accent_world_seed, recipe.accent_world_voices
+        worlds.append(("world_accent", layout.accent_world, size, seed, voices))
     for name, folder, size, seed, voices in worlds:
         cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False, voices=voices)
         settings = asdict(cfg)

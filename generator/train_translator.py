@@ -264,7 +264,8 @@ def _load_data(cfg: TranslatorConfig) -> _Data:
     texts, points = _caption_points(cache, adapters)
     row_caption = torch.arange(len(texts))
     if cfg.audio_latents:
-        audio_points, audio_captions = _audio_rows(cfg, adapters, cache, {t: i for i, t in enumerate(texts)})
+        captions = {t: i for i, t in enumerate(texts)}
+        audio_points, audio_captions = _audio_rows(cfg, adapters, cache, captions, "--audio-latents")
         points, row_caption = torch.cat([points, audio_points]), torch.cat([row_caption, audio_captions])
     if cfg.canonical_bank:
         texts, points, row_caption = _canonical_rows(cfg, adapters, texts, points, row_caption)
@@ -282,7 +283,8 @@ def _metric_rows(cfg: TranslatorConfig, data: _Data) -> tuple[torch.Tensor, torc
     held = replace(cfg, audio_latents=cfg.metric_audio_latents, text_latents=cfg.metric_text_latents)
     cache = _caption_cache(held.text_latents, adapters)
     texts, points = _caption_points(cache, adapters)
-    audio_points, caption = _audio_rows(held, adapters, cache, {t: i for i, t in enumerate(texts)})
+    captions = {t: i for i, t in enumerate(texts)}
+    audio_points, caption = _audio_rows(held, adapters, cache, captions, "--snap-metric-audio")
     index = {t: i for i, t in enumerate(data.texts)}
     canonical = torch.tensor(
         [index[h] for h in _scene_heads(texts, points, _bank_groups(cfg.canonical_bank, adapters))]
@@ -348,11 +350,12 @@ def _scene_heads(texts: list[str], points: torch.Tensor, bank) -> list[str]:
     return [head[group_of.get(t, group_of[bank_texts[j]])] for t, j in zip(texts, nearest, strict=True)]
 
 
-def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int]):
+def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, caption_index: dict[str, int], flag: str):
     """One row per (clip, caption) pair of the audio cache and the text cache: the clip's point in S (through
-    the adapters' audio tower) and the index of the caption whose encoding is its target."""
+    the adapters' audio tower) and the index of the caption whose encoding is its target. ``flag`` names the
+    option the cache came from in errors."""
     audio = load_latents(Path(cfg.audio_latents), mmap=True)
-    _check_audio_cache(cfg, adapters, audio)
+    _check_audio_cache(cfg, adapters, audio, flag)
     pairing = pair_by_clip(audio, text_cache, audio_name=cfg.audio_latents, text_name=cfg.text_latents)
     rows, clip = pairing.audio_rows, np.arange(pairing.num_clips)  # each clip's own row
     if cfg.audio_views and pairing.has_views:  # and its augmented views: where other rooms and voices land
@@ -371,24 +374,21 @@ def _audio_rows(cfg: TranslatorConfig, adapters: FuseMixAdapters, text_cache, ca
     return points[pair_row].detach(), torch.from_numpy(caption_of_pair[positions])
 
 
-def _check_audio_cache(cfg: TranslatorConfig, adapters: FuseMixAdapters, audio) -> None:
-    """One clear line when the audio cache is not what the adapters' audio tower was trained on."""
+def _check_audio_cache(cfg: TranslatorConfig, adapters: FuseMixAdapters, audio, flag: str) -> None:
+    """One clear line when the audio cache (given as ``flag``) is not what the adapters' audio tower was trained
+    on."""
     want_dim, tokens = int(adapters.config.audio_dim), adapters.tokens_for("audio")
     shape = tuple(audio.array.shape)
     if shape[-1] != want_dim:
-        raise InputError(
-            f"--audio-latents {cfg.audio_latents}: dim {shape[-1]}, the adapters' audio tower takes {want_dim}"
-        )
+        raise InputError(f"{flag} {cfg.audio_latents}: dim {shape[-1]}, the adapters' audio tower takes {want_dim}")
     if (len(shape) == 3) != (tokens is not None) or (tokens is not None and shape[1] != tokens):
         want = f"token latents (extract --tokens {tokens})" if tokens else "pooled audio latents"
-        raise InputError(
-            f"--audio-latents {cfg.audio_latents} has shape {shape}; the adapters' audio tower takes {want}"
-        )
+        raise InputError(f"{flag} {cfg.audio_latents} has shape {shape}; the adapters' audio tower takes {want}")
     trained = _trained_audio_encoder(Path(cfg.adapters))
     given = audio.meta.get("encoder")
     if trained and given and trained != given:
         raise InputError(
-            f"--audio-latents {cfg.audio_latents} comes from encoder {given!r}; the adapters were trained on {trained!r}"
+            f"{flag} {cfg.audio_latents} comes from encoder {given!r}; the adapters were trained on {trained!r}"
         )
 
 
