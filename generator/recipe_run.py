@@ -91,8 +91,9 @@ def _build_worlds(recipe: DemoRecipe, layout: Layout) -> None:
         size, seed = recipe.translator_world_size, recipe.translator_world_seed
         worlds.append(("world_translator", layout.translator_world, size, seed, "english"))
     if recipe.accent_size is not None:  # for training, or the translator's snap metric alone
-        size, seed, voices = recipe.accent_size, recipe.accent_world_seed, recipe.accent_world_voices
-        worlds.append(("world_accent", layout.accent_world, size, seed, voices))
+        worlds.append(("world_accent", layout.accent_world, recipe.accent_size, recipe.accent_world_seed, "accented"))
+    if recipe.sim_world_size is not None:
+        worlds.append(("world_sim", layout.sim_world, recipe.sim_world_size, recipe.sim_world_seed, "simulated"))
     for name, folder, size, seed, voices in worlds:
         cfg = BuildConfig(out=folder, size=size, seed=seed, resolution=recipe.resolution, progress=False, voices=voices)
         settings = asdict(cfg)
@@ -105,7 +106,7 @@ def _extract_all(recipe: DemoRecipe, layout: Layout) -> None:
     """Latents of the training, validation and test splits, the extra training clips, the caption bank, and the
     hard negatives (the training captions with their colours swapped)."""
     jobs = [(layout.world, split, split) for split in ("train", "val", "test")]
-    folders = {"extra_train": layout.extra_world, "accent_train": layout.accent_world}
+    folders = {"extra_train": layout.extra_world, "accent_train": layout.accent_world, "sim_train": layout.sim_world}
     jobs += [(folders[name], "train", name) for _, name in recipe.extra_training()]
     for world, split, name in jobs:
         _extract(recipe, layout, "audio", world / f"{split}.jsonl", name)

@@ -16,6 +16,7 @@ from generator.recipe import (
     ACCENTED,
     DEFAULT,
     RECIPES,
+    SIMULATED,
     TINY,
     WHISPER_TOKENS,
     Layout,
@@ -66,6 +67,8 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, translator_snap=0.0).check()
     with pytest.raises(ValueError, match="with accent_world_size, equals it"):  # one accented world, one size
         replace(DEFAULT, accent_world_size="12").check()
+    with pytest.raises(ValueError, match="sim_world_seed"):
+        replace(DEFAULT, sim_world_size="12", sim_world_seed=DEFAULT.accent_world_seed).check()
     for recipe in RECIPES.values():
         recipe.check()
 
@@ -92,6 +95,9 @@ def test_default_recipe_gives_the_shipped_number_of_training_clips():
     assert training_clips(WHISPER_TOKENS) == 9000
     assert training_clips(ACCENTED) == 9000 and ACCENTED.joined  # and a third, accented world's 3,000
     assert ACCENTED.extra_training() == [("extra-", "extra_train"), ("accent-", "accent_train")]
+    assert training_clips(SIMULATED) == 9000 and SIMULATED.joined  # or a third world with simulated accents
+    assert SIMULATED.extra_training() == [("extra-", "extra_train"), ("sim-", "sim_train")]
+    assert SIMULATED.accent_size == "default"  # the accented world still only fits the snap metric
     assert not replace(DEFAULT, extra_world_size=None).joined
 
 
