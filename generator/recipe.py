@@ -309,6 +309,7 @@ TINY = replace(
     extra_world_size="12",
     translator_world_size="12",  # ... a world only the translator reads,
     accent_world_size="12",  # ... a third training world in accented English (whose clips fit the snap metric),
+    sim_world_size="12",  # ... a fourth in simulated accents,
     translator_metric_world_size="12",
     bank_scenes=4,
     epochs=2,

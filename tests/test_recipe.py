@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from demoworld.accents import TRAIN_CHANGES
 from fusemix.cli import main as fusemix
 from fusion.errors import FusemixError
 from generator.presets import CHECKPOINTS, shipped_path
@@ -173,11 +174,15 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     assert trained["text_latents"].endswith("text_train_all_paraphrased")  # both worlds' clips, paraphrased
     count = lambda name: json.loads((tmp_path / "work/latents" / name / "manifest.json").read_text())["count"]  # noqa: E731
     assert count("text_train_all_paraphrased") == (1 + TINY.paraphrases) * count("text_train_all") > 0
-    # three worlds' training clips: the main one's, the extra one's and the accented one's, ids kept apart
-    worlds = ("audio_train", "audio_extra_train", "audio_accent_train")
+    # four worlds' training clips: the main one's, the extra one's, the accented one's and the simulated-accent
+    # one's, ids kept apart
+    worlds = ("audio_train", "audio_extra_train", "audio_accent_train", "audio_sim_train")
     assert count("audio_train_all") == sum(count(name) for name in worlds) and min(map(count, worlds)) > 0
     accent_lines = (tmp_path / "work/world_accent/train.jsonl").read_text().splitlines()
     assert all(json.loads(line)["voice"].split("+")[0] in ("hi", "ru") for line in accent_lines)
+    sim_rows = [json.loads(line) for line in (tmp_path / "work/world_sim/train.jsonl").read_text().splitlines()]
+    changes = {change for row in sim_rows for change in row["accent"].split(",")}
+    assert sim_rows and changes <= set(TRAIN_CHANGES) and all(row["id"].startswith("train-") for row in sim_rows)
     # the shipped translator is the fine-tune of the MSE one against the tiny run's own (trained) image model
     translator = json.loads((out / "translator/translator_config.json").read_text())
     assert (translator["objective"], translator["epochs"]) == (TINY.translator_tune, TINY.translator_tune_epochs)
