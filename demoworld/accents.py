@@ -66,3 +66,16 @@ def bend(phonemes: str, accent: str, rng: np.random.Generator) -> str:
                 pattern, lambda m, r=replacement: m.expand(r) if rng.random() < APPLY_PROBABILITY else m[0], phonemes
             )
     return phonemes
+
+
+class _EveryPlace:
+    """A stand-in generator under which ``bend`` changes every place a change fits."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def words_bent(change: str, phonemes: dict[str, str]) -> list[str]:
+    """The words (of ``phonemes``: word -> espeak-ng mnemonics) that ``change`` alters wherever it fits: a pool only
+    teaches (or tests) the words its changes reach."""
+    return [word for word, ph in phonemes.items() if bend(ph, change, _EveryPlace()) != ph]  # type: ignore[arg-type]
