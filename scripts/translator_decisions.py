@@ -8,7 +8,8 @@ scene retrieve mode would pick (the nearest bank caption in S). Minutes on a CPU
 A split is NAME=AUDIO_CACHE:MANIFEST (the cache from `fusemix extract` with the preset's audio encoder). Cells are
 background / shape colour / shape / size; "far" is the mean distance from the translated conditioning to its nearest
 canonical one (a blend of two scenes lies far from both); a snapping translator (`train-translator --snap`) also
-says how many clips it snapped.
+says how many clips it snapped. ``--group-by FIELD`` also scores each value of a manifest field on its own (e.g. the
+``change`` of `scripts/accent_probe.py`'s clips), as rows NAME/VALUE.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--translator", help="translator folder (default: the preset's)")
     p.add_argument("--bank-cache", required=True, help="text cache of the caption bank, grouped by scene id")
     p.add_argument("--split", nargs="+", required=True, metavar="NAME=CACHE:MANIFEST")
+    p.add_argument("--group-by", metavar="FIELD", help="also score each value of this manifest field on its own")
     a = p.parse_args(argv)
     preset = load_preset(a.preset)
     adapters = FuseMixAdapters.from_pretrained(str(preset.adapters)).eval()
@@ -60,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             name, rest = spec.split("=", 1)
             folder, manifest = rest.rsplit(":", 1)
             latents = load_latents(Path(folder))
-            scene = {r["id"]: r["scene"] for r in map(json.loads, Path(manifest).open())}
-            truth = [scene[i] for i in latents.ids]
+            rows = {r["id"]: r for r in map(json.loads, Path(manifest).open())}
+            truth = [rows[i]["scene"] for i in latents.ids]
+            groups = {name: list(range(len(truth)))}
+            for k, i in enumerate(latents.ids if a.group_by else ()):
+                groups.setdefault(f"{name}/{rows[i][a.group_by]}", []).append(k)
         except (ValueError, OSError, KeyError) as err:
             print(f"translator_decisions: --split {spec}: {err}", file=sys.stderr)
             return 1
@@ -70,11 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         raw = translator.translate(points)  # once: what the image model is told is raw, snapped where far
         drawn, far_rows = translator.snapped(raw) if translator.config.snap else (raw, None)
         near = torch.cdist(drawn.flatten(1), canonical).min(1)
-        print(f"{name:10s} retrieve   {accuracy([scenes.parse_caption(captions[i]) for i in retrieved], truth)}")
+        picked = [scenes.parse_caption(captions[i]) for i in retrieved]
         told = [scenes.parse_caption(heads[i]) for i in near.indices.tolist()]
-        far = torch.cdist(raw.flatten(1), canonical).min(1).values.mean()
-        snapped = f"  snapped {int(far_rows.sum())}/{len(raw)}" if far_rows is not None else ""
-        print(f"{name:10s} translate  {accuracy(told, truth)}  far {far:.3f}{snapped}")
+        far = torch.cdist(raw.flatten(1), canonical).min(1).values
+        for group, rows_of in groups.items():
+            print(f"{group:10s} retrieve   {accuracy([picked[k] for k in rows_of], [truth[k] for k in rows_of])}")
+            snapped = f"  snapped {int(far_rows[rows_of].sum())}/{len(rows_of)}" if far_rows is not None else ""
+            right = accuracy([told[k] for k in rows_of], [truth[k] for k in rows_of])
+            print(f"{group:10s} translate  {right}  far {far[rows_of].mean():.3f}{snapped}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -87,3 +88,20 @@ def test_accent_coverage_names_the_attribute_words_training_never_bends(capsys):
     # the training pool's changes never reach "square" (stop 36): valsim's far "square" clips test an unseen bend
     assert lines[-1] == "never bent in training: square"
     assert main(["--voice", "xx-nope"]) == 2
+
+
+@needs_espeak
+def test_accent_probe_speaks_the_same_clips_under_each_change(tmp_path, capsys):
+    from scripts.accent_probe import main
+
+    assert main(["--out", str(tmp_path), "--changes", "none", "w-to-v,l-to-r", "--clips", "3"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
+    assert [r["change"] for r in rows] == ["none"] * 3 + ["w-to-v,l-to-r"] * 3
+    plain, bent = rows[:3], rows[3:]
+    for a, b in zip(plain, bent, strict=True):  # paired: one scene, caption and voice, two ways of saying it
+        assert (a["scene"], a["caption"], a["voice"]) == (b["scene"], b["caption"], b["voice"])
+        assert (tmp_path / a["audio"]).is_file() and (tmp_path / b["audio"]).is_file()
+    assert json.loads((tmp_path / "bank.jsonl").read_text().splitlines()[0])["captions"]
+    assert main(["--out", str(tmp_path / "x"), "--changes", "lisp"]) == 2
+    assert "unknown sound change 'lisp'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # a bad change set fails before anything is written

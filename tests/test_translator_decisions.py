@@ -40,5 +40,16 @@ def test_the_examples_are_told_right_in_both_modes(tmp_path, capsys):
         assert line.split()[2:9] == ["1.000", "/", "1.000", "/", "1.000", "/", "1.000"]
     assert float(lines[1].split("far")[1].split()[0]) > 0
 
+    # --group-by: each value of a manifest field scored on its own, after the whole split
+    (tmp_path / "g.jsonl").write_text(
+        "".join(json.dumps({"id": r["audio"], "scene": r["scene"], "half": k % 2}) + "\n" for k, r in enumerate(rows))
+    )
+    split = f"ex={tmp_path / 'audio'}:{tmp_path / 'g.jsonl'}"
+    assert main(["--bank-cache", str(tmp_path / "bank"), "--split", split, "--group-by", "half"]) == 0
+    grouped = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in grouped] == ["ex", "ex", "ex/0", "ex/0", "ex/1", "ex/1"]
+    assert grouped[:2] == lines
+    assert grouped[3].split("snapped")[1].split()[0].endswith(f"/{(len(rows) + 1) // 2}")
+
     assert main(["--bank-cache", str(tmp_path / "bank"), "--split", "ex=nowhere"]) == 1
     assert "--split ex=nowhere" in capsys.readouterr().err
