@@ -6,7 +6,10 @@
 
 Modes: ``translate`` (default) feeds the translator's ``prompt_embeds`` to the image pipeline; ``retrieve`` uses
 the nearest caption of the caption bank as a text prompt (the baseline). Either way ``heard`` lists the nearest
-captions with cosine scores. An optional text prompt is mixed with the audio in the shared space.
+captions with cosine scores. An optional text prompt is mixed with the audio in the shared space. A preset with
+``handoff`` > 0 hands translate mode's clips whose translation lies farther than that from every scene anchor to
+retrieve (their ``prompts`` entry names the caption drawn): far off every scene, the nearest caption in S picks the
+scene more often than the translator does (README, stop 36).
 
 A call runs public steps that can also be used one by one, e.g. from points of the shared space::
 
@@ -44,7 +47,7 @@ logger = logging.getLogger(__name__)
 class AudioToImageOutput:
     images: list[list[Image.Image]]  # per clip: num_images_per_audio images
     heard: list[list[tuple[str, float]]]  # per clip: nearest captions with cosine scores, best first
-    prompts: list[str | None]  # per clip: the caption used as prompt in retrieve mode, else None
+    prompts: list[str | None]  # per clip: the caption used as prompt (retrieve mode, or handed to it), else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage and "total"
     seeds: list[int] = field(default_factory=list)  # per clip: image j of clip i is drawn with seed seeds[i] + j
     mode: str = "translate"  # the mode used (the preset's default when none was asked for)
@@ -56,7 +59,7 @@ class Conditioning:
 
     inputs: dict[str, Any]  # image pipeline arguments: prompt_embeds + negative_prompt_embeds, or prompt
     heard: list[list[tuple[str, float]]]  # per clip: nearest bank captions with cosine scores, best first
-    prompts: list[str | None]  # per clip: the text prompt used (retrieve mode), else None
+    prompts: list[str | None]  # per clip: the text prompt used (retrieve mode, or handed to it: preset handoff)
     mode: str  # "translate" or "retrieve"
 
     def __len__(self) -> int:
@@ -113,6 +116,11 @@ class AudioToImagePipeline:
             raise ModelUnavailableError(
                 f"translator {preset.translator} takes dim {self.translator.config.in_dim} but adapters "
                 f"{preset.adapters} give {self.adapters.shared_dim}"
+            )
+        if preset.handoff > 0 and not self.translator.config.anchors:
+            raise ModelUnavailableError(
+                f"preset handoff {preset.handoff} needs a translator with scene anchors (train-translator --snap); "
+                f"{preset.translator} has none"
             )
         self.image_pipe = load_image_pipeline(preset, device)
         self.sample_rate = int(self.audio_encoder.sample_rate)
@@ -203,11 +211,27 @@ class AudioToImagePipeline:
         if mode == "retrieve":
             prompts: list[str | None] = [h[0][0] for h in heard]
             return Conditioning({"prompt": prompts}, heard, prompts, mode)
-        inputs = {
-            "prompt_embeds": self.translator(points),
-            "negative_prompt_embeds": self.translator.negative_embeds(n),
-        }
-        return Conditioning(inputs, heard, [None] * n, mode)
+        raw = self.translator.translate(points)
+        embeds = self.translator.snapped(raw)[0] if self.translator.config.snap > 0 else raw
+        negative = self.translator.negative_embeds(n)
+        prompts: list[str | None] = [None] * n
+        if self.preset.handoff > 0:  # far off every scene: drawn as retrieve mode draws it
+            handed = (self.translator.anchor_distance(raw) > self.preset.handoff).nonzero().flatten().tolist()
+            if handed:
+                embeds, negative = embeds.clone(), negative.clone()
+                for i in handed:
+                    prompts[i] = heard[i][0][0]
+                text = self.prompt_embeds([prompts[i] for i in handed] + [""]).to(embeds.dtype)
+                embeds[handed], negative[handed] = text[:-1], text[-1:].expand(len(handed), -1, -1)
+        inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+        return Conditioning(inputs, heard, prompts, mode)
+
+    @torch.no_grad()
+    def prompt_embeds(self, texts: list[str]) -> torch.Tensor:
+        """The image model's own conditioning of text prompts (what it is given for a prompt in retrieve mode)."""
+        if self.preset.kind == "demo":
+            return self.image_pipe.encode_prompt(texts)
+        return self.image_pipe.encode_prompt(texts, self.device, 1, False)[0]
 
     @torch.no_grad()
     def denoise(

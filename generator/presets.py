@@ -57,6 +57,9 @@ class Preset:
     steps: int = 20  # default denoising steps
     guidance: float = 3.0  # default classifier-free guidance scale
     mode: str = "translate"  # default mode (MODES); a preset whose translator trails its bank may choose retrieve
+    # translate mode hands a clip whose translation lies farther than this (L2) from every scene anchor of the
+    # translator to retrieve: the image model draws the nearest bank caption, as retrieve mode would; 0: never
+    handoff: float = 0.0
 
 
 def _resolve(folder: Path, value: str | None) -> str | None:
@@ -89,6 +92,11 @@ def load_preset(name_or_folder: str) -> Preset:
     mode = raw.get("mode", "translate")
     if mode not in MODES:
         raise ModelUnavailableError(f"{spec}: mode must be one of {MODES}, got {mode!r}")
+    handoff = raw.get("handoff", 0.0)
+    if not isinstance(handoff, (int, float)) or handoff < 0 or (handoff > 0 and not raw.get("caption_bank")):
+        raise ModelUnavailableError(
+            f"{spec}: handoff must be a number >= 0, and > 0 needs a caption_bank; got {handoff!r}"
+        )
     preset = Preset(
         folder=folder,
         kind=raw.get("kind", "demo"),
@@ -101,6 +109,7 @@ def load_preset(name_or_folder: str) -> Preset:
         steps=int(raw.get("steps", 20)),
         guidance=float(raw.get("guidance", 3.0)),
         mode=mode,
+        handoff=float(handoff),
     )
     check_preset_parts(preset)  # every saved part readable and matching, before any model loads
     return preset

@@ -100,6 +100,12 @@ class Translator(ModelMixin, ConfigMixin):
         out = self.translate(points)
         return out if self.training or self.config.snap <= 0 else self.snapped(out)[0]
 
+    def anchor_distance(self, out: torch.Tensor) -> torch.Tensor:
+        """L2 distance (over all numbers) from each conditioning to its nearest anchor: how far off every scene."""
+        if not self.config.anchors:
+            raise ValueError("anchor_distance needs anchors (a translator trained with --snap)")
+        return torch.cdist(out.flatten(1).float(), self.anchor_embeds.float().flatten(1)).min(1).values
+
     def snapped(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``out`` with each conditioning farther than ``snap`` from every anchor replaced by the nearest one, and
         a mask of the rows replaced."""

@@ -8,7 +8,7 @@ scene retrieve mode would pick (the nearest bank caption in S). Minutes on a CPU
 A split is NAME=AUDIO_CACHE:MANIFEST (the cache from `fusemix extract` with the preset's audio encoder). Cells are
 background / shape colour / shape / size; "far" is the mean distance from the translated conditioning to its nearest
 canonical one (a blend of two scenes lies far from both); a snapping translator (`train-translator --snap`) also
-says how many clips it snapped. ``--group-by FIELD`` also scores each value of a manifest field on its own (e.g. the
+says how many clips it snapped, and a preset with a ``handoff`` how many it handed to retrieve. ``--group-by FIELD`` also scores each value of a manifest field on its own (e.g. the
 ``change`` of `scripts/accent_probe.py`'s clips), as rows NAME/VALUE.
 """
 
@@ -78,9 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         picked = [scenes.parse_caption(captions[i]) for i in retrieved]
         told = [scenes.parse_caption(heads[i]) for i in near.indices.tolist()]
         far = torch.cdist(raw.flatten(1), canonical).min(1).values
+        handed = (
+            translator.anchor_distance(raw) > preset.handoff
+            if preset.handoff > 0
+            else torch.zeros(len(raw), dtype=torch.bool)
+        )
+        told = [picked[k] if handed[k] else t for k, t in enumerate(told)]  # the preset's handoff: drawn as retrieve
         for group, rows_of in groups.items():
             print(f"{group:10s} retrieve   {accuracy([picked[k] for k in rows_of], [truth[k] for k in rows_of])}")
             snapped = f"  snapped {int(far_rows[rows_of].sum())}/{len(rows_of)}" if far_rows is not None else ""
+            snapped += f"  handed {int(handed[rows_of].sum())}" if preset.handoff > 0 else ""
             right = accuracy([told[k] for k in rows_of], [truth[k] for k in rows_of])
             print(f"{group:10s} translate  {right}  far {far[rows_of].mean():.3f}{snapped}")
     return 0

@@ -102,3 +102,31 @@ def test_generate_fails_in_one_line_on_bad_input(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert fusemix(["generate", str(bad), "--out", str(tmp_path / "o"), "--preset", "sd15"]) == 1
     assert "stable-diffusion-v1-5" in capsys.readouterr().err
+
+
+def test_translate_mode_hands_only_the_clips_far_off_every_scene_to_retrieve(pipe):
+    """Preset handoff: a translation farther than it from every anchor is drawn as retrieve mode draws it."""
+    from dataclasses import replace
+
+    points = pipe.embed_text(["a large red circle on a blue background", "purple green yellow square circle"])
+    with torch.no_grad():
+        distance = pipe.translator.anchor_distance(pipe.translator.translate(points))
+    assert distance[1] > distance[0]  # a jumble of words lies farther off every scene than a caption
+    shipped = pipe.preset
+    try:
+        pipe.preset = replace(shipped, handoff=float(distance.mean()))  # between the two: only the jumble is handed
+        cond = pipe.condition(points, "translate")
+        heard = cond.heard[1][0][0]
+        assert cond.prompts == [None, heard]
+        embeds, negative = cond.inputs["prompt_embeds"], cond.inputs["negative_prompt_embeds"]
+        assert torch.allclose(embeds[0], pipe.translator(points)[0])
+        assert torch.allclose(negative[0], pipe.translator.negative_embeds(1)[0])
+        assert torch.allclose(embeds[1], pipe.prompt_embeds([heard])[0])
+        assert torch.allclose(negative[1], pipe.prompt_embeds([""])[0])
+        pipe.preset = replace(shipped, handoff=0.0)  # never: the translator's own conditioning for both
+        plain = pipe.condition(points, "translate")
+        assert plain.prompts == [None, None]
+        assert torch.allclose(plain.inputs["prompt_embeds"], pipe.translator(points))
+    finally:
+        pipe.preset = shipped
+    assert shipped.handoff > distance[0]  # the shipped threshold leaves a caption's translation to the translator

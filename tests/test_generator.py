@@ -292,6 +292,41 @@ def test_preset_chooses_the_default_mode(sd_preset, tmp_path):
         load_preset(str(tmp_path))
 
 
+def test_preset_handoff_is_checked_and_draws_handed_clips_as_retrieve_does_on_sd(sd_preset, sd_pipe, tmp_path):
+    """SD family: a handed clip gets the pipeline's own prompt encoding of its nearest caption (and of "" as its
+    negative); a bad handoff, or one without a bank or anchors, fails in one line."""
+    spec = json.loads((sd_preset / "preset.json").read_text())
+    for name in ("whisper", "adapters", "sd", "bank"):
+        (tmp_path / name).symlink_to(sd_preset / name)
+    old = Translator.from_pretrained(str(sd_preset / "translator"))
+    config = {k: v for k, v in old.config.items() if not k.startswith("_")}
+    anchored = Translator(**{**config, "anchors": len(CAPTIONS), "snap": 1e6})
+    anchored.load_state_dict(old.state_dict(), strict=False)
+    anchored.anchor_embeds.copy_(sd_pipe.prompt_embeds(CAPTIONS))
+    anchored.save_pretrained(tmp_path / "translator")
+    for bad, match in (
+        ({"handoff": -1.0}, "handoff must be"),
+        ({"handoff": 1.0, "caption_bank": None}, "caption_bank"),
+    ):
+        (tmp_path / "preset.json").write_text(json.dumps({**spec, **bad}))
+        with pytest.raises(ModelUnavailableError, match=match):
+            load_preset(str(tmp_path))
+    (tmp_path / "preset.json").write_text(
+        json.dumps({**spec, "handoff": 1e-6, "translator": str(sd_preset / "translator")})
+    )
+    with pytest.raises(ModelUnavailableError, match="scene anchors"):
+        AudioToImagePipeline.from_preset(str(tmp_path))
+    (tmp_path / "preset.json").write_text(json.dumps({**spec, "handoff": 1e-6}))
+    pipe = AudioToImagePipeline.from_preset(str(tmp_path))
+    wave = [np.random.default_rng(2).standard_normal(8000).astype(np.float32) * 0.1]
+    cond = pipe.condition(pipe.embed_audio(wave), "translate")
+    assert cond.prompts == [cond.heard[0][0][0]]  # every translation lies farther than 1e-6 off: handed
+    assert torch.allclose(cond.inputs["prompt_embeds"], pipe.prompt_embeds(cond.prompts))
+    assert torch.allclose(cond.inputs["negative_prompt_embeds"], pipe.prompt_embeds([""]))
+    out = pipe(wave, seed=3)
+    assert out.mode == "translate" and out.prompts == cond.prompts and out.images[0][0].size[0] > 0
+
+
 # ---------- the pipeline's public steps, its options, and one record schema / seed rule for generate, batch, UI
 
 

@@ -21,6 +21,7 @@ from generator.recipe import (
     TINY,
     WHISPER_TOKENS,
     Layout,
+    preset_json,
     training_clips,
     translator_config,
 )
@@ -70,6 +71,13 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, accent_world_size="12").check()
     with pytest.raises(ValueError, match="sim_world_seed"):
         replace(DEFAULT, sim_world_size="12", sim_world_seed=DEFAULT.accent_world_seed).check()
+    with pytest.raises(ValueError, match="handoff must be >= 0, and > 0 needs translator_snap"):
+        replace(DEFAULT, translator_snap=0.0, translator_metric_world_size=None).check()
+    with pytest.raises(ValueError, match="handoff must be >= 0"):
+        replace(DEFAULT, handoff=-1.0).check()
+    assert preset_json(DEFAULT)["handoff"] == DEFAULT.handoff > 0 and "handoff" not in preset_json(
+        replace(DEFAULT, handoff=0.0)
+    )
     for recipe in RECIPES.values():
         recipe.check()
 
