@@ -81,7 +81,7 @@ class ClipOutput:
 
     images: list[Image.Image]  # num_images_per_audio images
     heard: list[tuple[str, float]]  # nearest captions with cosine scores, best first
-    prompt: str | None  # the caption used as prompt in retrieve mode, else None
+    prompt: str | None  # the caption used as prompt (retrieve mode, or handed to it: preset handoff), else None
     mode: str  # the mode that ran
     seed: int  # image j was drawn with seed + j
     timings: dict[str, float]  # seconds per stage (this clip's share of its call)

@@ -113,7 +113,8 @@ class Generator:
         record = image_record(Path(audio).stem, Path(audio).name, 0, None, None, split_output(output)[0], settings)
         info = f"seed {settings.seed} (clip seed {record['seed']}) · {_seconds(record['timings'])}"
         if record["prompt"]:
-            info += f"\n\nprompt used (retrieve mode): *{record['prompt']}*"
+            how = "retrieve mode" if record["mode"] == "retrieve" else "translate mode, the sound far off every scene"
+            info += f"\n\nprompt used ({how}): *{record['prompt']}*"
         return images, record["heard"], info
 
     def settings(
