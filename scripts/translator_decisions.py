@@ -8,8 +8,9 @@ scene retrieve mode would pick (the nearest bank caption in S). Minutes on a CPU
 A split is NAME=AUDIO_CACHE:MANIFEST (the cache from `fusemix extract` with the preset's audio encoder). Cells are
 background / shape colour / shape / size; "far" is the mean distance from the translated conditioning to its nearest
 canonical one (a blend of two scenes lies far from both); a snapping translator (`train-translator --snap`) also
-says how many clips it snapped, and a preset with a ``handoff`` how many it handed to retrieve. ``--group-by FIELD`` also scores each value of a manifest field on its own (e.g. the
-``change`` of `scripts/accent_probe.py`'s clips), as rows NAME/VALUE.
+says how many clips it snapped, and a preset with a ``handoff`` how many it handed to retrieve. ``--group-by FIELD``
+also scores each value of a manifest field on its own (e.g. the ``change`` of `scripts/accent_probe.py`'s clips), as
+rows NAME/VALUE.
 """
 
 from __future__ import annotations
