@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         save_outputs(out, names, result, [str(f) for f in files], settings)
         per_clip = result.timings["total"] / len(files)
-        for name, heard in zip(names, result.heard, strict=True):
+        for name, heard, prompt in zip(names, result.heard, result.prompts, strict=True):
             top = f"{heard[0][0]!r} ({heard[0][1]:.2f})" if heard else "-"
-            print(f"{name}: heard {top}  [{per_clip:.2f} s/clip]")
+            handed = ", drawn from it (far off every scene)" if prompt and result.mode == "translate" else ""
+            print(f"{name}: heard {top}{handed}  [{per_clip:.2f} s/clip]")
     print(f"images written to {out}/")
     return 0

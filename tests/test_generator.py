@@ -292,7 +292,7 @@ def test_preset_chooses_the_default_mode(sd_preset, tmp_path):
         load_preset(str(tmp_path))
 
 
-def test_preset_handoff_is_checked_and_draws_handed_clips_as_retrieve_does_on_sd(sd_preset, sd_pipe, tmp_path):
+def test_preset_handoff_is_checked_and_draws_handed_clips_as_retrieve_does_on_sd(sd_preset, sd_pipe, tmp_path, capsys):
     """SD family: a handed clip gets the pipeline's own prompt encoding of its nearest caption (and of "" as its
     negative); a bad handoff, or one without a bank or anchors, fails in one line."""
     spec = json.loads((sd_preset / "preset.json").read_text())
@@ -325,6 +325,16 @@ def test_preset_handoff_is_checked_and_draws_handed_clips_as_retrieve_does_on_sd
     assert torch.allclose(cond.inputs["negative_prompt_embeds"], pipe.prompt_embeds([""]))
     out = pipe(wave, seed=3)
     assert out.mode == "translate" and out.prompts == cond.prompts and out.images[0][0].size[0] > 0
+    from fusemix.cli import main as fusemix  # the CLI says so, and the sidecar names the caption drawn
+
+    clip = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.ogg"))[0]
+    capsys.readouterr()
+    assert (
+        fusemix(["generate", str(clip), "--out", str(tmp_path / "gen"), "--preset", str(tmp_path), "--steps", "1"]) == 0
+    )
+    assert "drawn from it (far off every scene)" in capsys.readouterr().out
+    sidecar = json.loads(next((tmp_path / "gen").glob("*.json")).read_text())
+    assert sidecar["mode"] == "translate" and sidecar["prompt"] == sidecar["heard"][0][0]
 
 
 # ---------- the pipeline's public steps, its options, and one record schema / seed rule for generate, batch, UI
