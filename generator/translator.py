@@ -102,15 +102,19 @@ class Translator(ModelMixin, ConfigMixin):
 
     def anchor_distance(self, out: torch.Tensor) -> torch.Tensor:
         """L2 distance (over all numbers) from each conditioning to its nearest anchor: how far off every scene."""
+        return self._nearest_anchor(out).values
+
+    def _nearest_anchor(self, out: torch.Tensor):
+        """(distance, index) of each conditioning's nearest anchor, one rule for the snap and the preset's handoff."""
         if not self.config.anchors:
-            raise ValueError("anchor_distance needs anchors (a translator trained with --snap)")
-        return torch.cdist(out.flatten(1).float(), self.anchor_embeds.float().flatten(1)).min(1).values
+            raise ValueError("anchors are needed (a translator trained with --snap)")
+        return torch.cdist(out.flatten(1), self.anchor_embeds.to(out.dtype).flatten(1)).min(1)
 
     def snapped(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``out`` with each conditioning farther than ``snap`` from every anchor replaced by the nearest one, and
         a mask of the rows replaced."""
         anchors = self.anchor_embeds.to(out.dtype)
-        distance, nearest = torch.cdist(out.flatten(1), anchors.flatten(1)).min(1)
+        distance, nearest = self._nearest_anchor(out)
         far = distance > self.config.snap
         if self.config.metric:  # the same far rows, judged by the metric (float32: the scores are large sums)
             flat = out.flatten(1).float()
