@@ -27,6 +27,7 @@ from demoworld import scenes
 from demoworld.judge import ATTRIBUTES
 from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
+from fusion.errors import FusemixError
 from generator.caption_bank import load_caption_bank
 from generator.image_text import image_text_encoder
 from generator.presets import load_preset
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             groups = {name: list(range(len(truth)))}
             for k, i in enumerate(latents.ids if a.group_by else ()):
                 groups.setdefault(f"{name}/{rows[i][a.group_by]}", []).append(k)
-        except (ValueError, OSError, KeyError) as err:
+        except (FusemixError, ValueError, OSError, KeyError) as err:
             print(f"translator_decisions: --split {spec}: {err}", file=sys.stderr)
             return 1
         points = F.normalize(adapters.embed("audio", torch.from_numpy(latents.array[:]).float()), dim=-1)

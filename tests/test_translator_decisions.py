@@ -53,3 +53,6 @@ def test_the_examples_are_told_right_in_both_modes(tmp_path, capsys):
 
     assert main(["--bank-cache", str(tmp_path / "bank"), "--split", "ex=nowhere"]) == 1
     assert "--split ex=nowhere" in capsys.readouterr().err
+    missing = f"ex={tmp_path / 'nowhere'}:{tmp_path / 'm.jsonl'}"  # no cache there: one line, not a traceback
+    assert main(["--bank-cache", str(tmp_path / "bank"), "--split", missing]) == 1
+    assert "no latent cache" in capsys.readouterr().err

@@ -1,0 +1,211 @@
+"""Other rules for translate mode's far clips, scored without drawing: the scene each clip would be drawn as under
+the preset's rule and under alternatives, counted right per attribute over validation splits (stop 37's table).
+
+    .venv/bin/python scripts/far_rules.py --bank-cache runs/probe/latents_bank \\
+        --split val2=runs/latents/val2:runs/val2/val.jsonl valsim=runs/latents/valsim:runs/valsim/val.jsonl \\
+        --refit acc=runs/latents/acctrain:runs/acctrain/train.jsonl --margin 0.01
+
+Splits are NAME=AUDIO_CACHE:MANIFEST as for `scripts/translator_decisions.py` (whose "translate" row is the
+"preset" row here). Rows, each background / shape colour / shape / size clips right, totals then each split:
+
+- ``retrieve``: the nearest bank caption in S; ``preset``: the translation's nearest anchor by L2 within the
+  translator's snap, its anchor by the metric beyond, retrieve's scene beyond the preset's handoff;
+- ``handoff H``: the same with handoff H;
+- ``blend W``: beyond the snap, the anchor with the best metric score / 2 + W x logit scale x the best cosine in S
+  between the clip and a bank caption of the anchor's scene (an ensemble with retrieve);
+- ``pull B``: the clip's point moved B of the way to its nearest bank caption in S before it is translated;
+- ``l2 below D``: the L2 nearest anchor up to distance D, the metric beyond;
+- ``refit NAME shrink S``: the metric refitted (``generator.snap_metric``) on NAME's clips, AUDIO_CACHE:MANIFEST
+  with a ``scene`` per clip, which the translator must never have trained on;
+- ``--margin M``: also ``retrieve`` and ``preset`` on the clips whose two nearest scenes in S lie within M cosine
+  (where S itself barely decides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from demoworld import scenes
+from demoworld.judge import ATTRIBUTES
+from fusion.adapters import FuseMixAdapters
+from fusion.cache import load_latents
+from fusion.errors import FusemixError
+from generator.caption_bank import load_caption_bank
+from generator.image_text import image_text_encoder
+from generator.presets import load_preset
+from generator.snap_metric import fit_snap_metric
+from generator.translator import Translator
+
+Scene = tuple[str, ...]
+
+
+def scene_key(scene: dict) -> Scene:
+    return tuple(scene[a] for a in ATTRIBUTES)
+
+
+@dataclass
+class Split:
+    points: torch.Tensor  # (clips, shared dim), unit norm
+    truth: list[Scene]
+    bank_scores: torch.Tensor  # (clips, anchors): best cosine in S to a bank caption of each anchor's scene
+    retrieved: list[Scene]  # retrieve mode's scene
+
+
+@dataclass
+class World:
+    """What every rule reads: the preset's parts, each anchor's scene and the bank's captions by anchor."""
+
+    translator: Translator
+    adapters: FuseMixAdapters
+    handoff: float
+    bank: torch.Tensor  # (captions, shared dim)
+    bank_anchor: torch.Tensor  # (captions,): the anchor of each bank caption's scene
+    anchor_scene: list[Scene]
+
+    def split(self, cache: str, manifest: str) -> Split:
+        latents = load_latents(Path(cache))
+        rows = {r["id"]: r for r in map(json.loads, Path(manifest).open())}
+        points = F.normalize(self.adapters.embed("audio", torch.from_numpy(latents.array[:]).float()), dim=-1)
+        cosine = points @ self.bank.T
+        index = self.bank_anchor.expand(len(points), -1)
+        scores = torch.full((len(points), len(self.anchor_scene)), -2.0).scatter_reduce(1, index, cosine, "amax")
+        retrieved = [self.anchor_scene[i] for i in self.bank_anchor[cosine.argmax(1)].tolist()]
+        return Split(points, [scene_key(rows[i]["scene"]) for i in latents.ids], scores, retrieved)
+
+
+def load_world(preset_name: str, translator: str | None, bank_cache: str) -> World:
+    preset = load_preset(preset_name)
+    model = Translator.from_pretrained(translator or str(preset.translator)).eval()
+    if not model.config.metric:
+        raise ValueError("the translator has no snap metric (train-translator --snap --snap-metric-audio)")
+    cache = load_latents(Path(bank_cache))
+    heads: dict[str, str] = {}
+    for group, text in zip(cache.clip_ids, cache.texts, strict=True):
+        heads.setdefault(group, text)
+    canonical = image_text_encoder(preset.kind)(list(heads.values())).flatten(1).float()
+    nearest = torch.cdist(model.anchor_embeds.float().flatten(1), canonical).argmin(1).tolist()
+    anchor_scene = [scene_key(scenes.parse_caption(list(heads.values())[j])) for j in nearest]
+    captions, bank = load_caption_bank(preset.caption_bank)
+    of_scene = {s: i for i, s in enumerate(anchor_scene)}
+    bank_anchor = torch.tensor([of_scene[scene_key(scenes.parse_caption(c))] for c in captions])
+    adapters = FuseMixAdapters.from_pretrained(str(preset.adapters)).eval()
+    return World(model, adapters, preset.handoff, bank, bank_anchor, anchor_scene)
+
+
+def decide(world: World, split: Split, translator: Translator | None = None, handoff: float | None = None,
+           blend: float = 0.0, pull: float = 0.0, l2_below: float = 0.0) -> list[Scene]:  # fmt: skip
+    """The scene each clip is drawn as under one rule (defaults: the preset's)."""
+    model = translator or world.translator
+    points = split.points
+    if pull:
+        near = world.bank[(points @ world.bank.T).argmax(1)]
+        points = F.normalize(points + pull * (near - points), dim=-1)
+    raw = model.translate(points)
+    distance, l2_anchor = model._nearest_anchor(raw)
+    scores = 2 * raw.flatten(1).float() @ model.metric_anchors.float().flatten(1).T - model.metric_offsets.float()
+    metric = (scores / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores).argmax(1)
+    handoff = world.handoff if handoff is None else handoff
+    picked = []
+    for k, d in enumerate(distance.tolist()):
+        if handoff > 0 and d > handoff:
+            picked.append(split.retrieved[k])
+        else:
+            near = d <= max(model.config.snap, l2_below)
+            picked.append(world.anchor_scene[int(l2_anchor[k] if near else metric[k])])
+    return picked
+
+
+def parse_spec(spec: str) -> tuple[str, str, str]:
+    """NAME=CACHE:MANIFEST -> its three parts; a ValueError naming the spec otherwise."""
+    name, _, rest = spec.partition("=")
+    cache, _, manifest = rest.rpartition(":")
+    if not (name and cache and manifest):
+        raise ValueError(f"{spec!r} is not NAME=CACHE:MANIFEST")
+    return name, cache, manifest
+
+
+def right(picked: list[Scene], truth: list[Scene], rows: list[int]) -> list[int]:
+    """Clips right per attribute among ``rows``."""
+    return [sum(picked[k][a] == truth[k][a] for k in rows) for a in range(len(ATTRIBUTES))]
+
+
+def refit(world: World, cache: str, manifest: str, shrink: float) -> Translator:
+    """A copy of the translator with its metric fitted on the clips of one audio cache."""
+    fitted = copy.deepcopy(world.translator)
+    split = world.split(cache, manifest)
+    of_scene = {s: i for i, s in enumerate(world.anchor_scene)}
+    fit_snap_metric(fitted, split.points, torch.tensor([of_scene[s] for s in split.truth]), shrink)
+    return fitted
+
+
+def rules(world: World, a: argparse.Namespace):
+    """(label, rule) pairs; a rule maps a split to the scene of each clip."""
+    out = [("retrieve", lambda s: s.retrieved), ("preset", lambda s: decide(world, s))]
+    out += [(f"handoff {h:g}", lambda s, h=h: decide(world, s, handoff=h)) for h in a.handoffs]
+    out += [(f"blend {w:g}", lambda s, w=w: decide(world, s, blend=w)) for w in a.blends]
+    out += [(f"pull {b:g}", lambda s, b=b: decide(world, s, pull=b)) for b in a.pulls]
+    out += [(f"l2 below {d:g}", lambda s, d=d: decide(world, s, l2_below=d)) for d in a.l2_below]
+    for spec in a.refit:
+        name, cache, manifest = parse_spec(spec)
+        for shrink in a.shrinks:
+            model = refit(world, cache, manifest, shrink)
+            out.append((f"refit {name} shrink {shrink:g}", lambda s, m=model: decide(world, s, translator=m)))
+    return out
+
+
+def table(world: World, splits: dict[str, Split], a: argparse.Namespace) -> list[str]:
+    lines, ruled = [], rules(world, a)
+    for label, rule in ruled:
+        cells, total = [], [0] * len(ATTRIBUTES)
+        for name, split in splits.items():
+            counts = right(rule(split), split.truth, list(range(len(split.truth))))
+            total = [t + c for t, c in zip(total, counts, strict=True)]
+            cells.append(f"{name} {'/'.join(map(str, counts))}")
+        lines.append(f"{label:22s} {'/'.join(map(str, total)):20s} " + "  ".join(cells))
+    for label, rule in ruled[:2] if a.margin else ():  # retrieve and preset where S barely decides
+        cells = []
+        for name, split in splits.items():
+            top = split.bank_scores.topk(2, dim=1).values
+            rows = ((top[:, 0] - top[:, 1]) < a.margin).nonzero().flatten().tolist()
+            cells.append(f"{name} {'/'.join(map(str, right(rule(split), split.truth, rows)))} of {len(rows)}")
+        lines.append(f"{label + f' margin<{a.margin:g}':22s} " + "  ".join(cells))
+    return lines
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--translator", help="translator folder (default: the preset's)")
+    p.add_argument("--bank-cache", required=True, help="text cache of the caption bank, grouped by scene id")
+    p.add_argument("--split", nargs="+", required=True, metavar="NAME=CACHE:MANIFEST")
+    p.add_argument("--handoffs", nargs="*", type=float, default=[])
+    p.add_argument("--blends", nargs="*", type=float, default=[])
+    p.add_argument("--pulls", nargs="*", type=float, default=[])
+    p.add_argument("--l2-below", nargs="*", type=float, default=[])
+    p.add_argument("--refit", nargs="*", default=[], metavar="NAME=CACHE:MANIFEST")
+    p.add_argument("--shrinks", nargs="*", type=float, default=[0.5], help="shrinks of each --refit")
+    p.add_argument("--margin", type=float, default=0.0)
+    a = p.parse_args(argv)
+    try:
+        specs = [parse_spec(spec) for spec in a.split + a.refit]  # before any model loads: fail early
+        world = load_world(a.preset, a.translator, a.bank_cache)
+        splits = {name: world.split(cache, manifest) for name, cache, manifest in specs[: len(a.split)]}
+        lines = table(world, splits, a)
+    except (FusemixError, ValueError, OSError, KeyError) as err:
+        print(f"far_rules: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""scripts/far_rules.py on the shipped preset: the bundled example clips under the preset's rule and its variants."""
+
+import json
+from pathlib import Path
+
+from fusion.audio import load_audio
+from fusion.cache import write_latents
+from fusion.encoders import load_encoder
+from generator.presets import load_preset
+from scripts.far_rules import main
+from tests.test_translator_decisions import EXAMPLES, _bank_cache
+
+
+def _example_split(folder: Path) -> str:
+    """NAME=CACHE:MANIFEST of the six example clips (their preset's audio encoder, 32 tokens)."""
+    encoder = load_encoder(load_preset("demo").audio_encoder)
+    rows = [json.loads(line) for line in (EXAMPLES / "prompts.jsonl").read_text().splitlines()]
+    waves = [load_audio(EXAMPLES / r["audio"], int(encoder.sample_rate), 30.0) for r in rows]
+    ids = [r["audio"] for r in rows]
+    write_latents(folder / "audio", encoder.encode(waves, tokens=32), ids, ids, {"modality": "audio"})
+    (folder / "m.jsonl").write_text("".join(json.dumps({"id": r["audio"], "scene": r["scene"]}) + "\n" for r in rows))
+    return f"{folder / 'audio'}:{folder / 'm.jsonl'}"
+
+
+def test_rules_on_the_examples(tmp_path, capsys):
+    split = _example_split(tmp_path)
+    bank = str(_bank_cache(tmp_path / "bank"))
+    argv = ["--bank-cache", bank, "--split", f"ex={split}", "--handoffs", "0.001", "--pulls", "1"]
+    argv += ["--refit", f"own={split}", "--margin", "2"]
+    assert main(argv) == 0
+    rows = {line[:22].strip(): line[22:].split() for line in capsys.readouterr().out.splitlines()}
+    assert list(rows) == [
+        "retrieve", "preset", "handoff 0.001", "pull 1", "refit own shrink 0.5", "retrieve margin<2", "preset margin<2"
+    ]  # fmt: skip
+    assert rows["retrieve"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]  # all six right, as `make demo` draws them
+    assert rows["preset"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]
+    assert rows["handoff 0.001"] == rows["retrieve"]  # every clip handed to retrieve
+    assert rows["refit own shrink 0.5"][0].count("/") == 3
+    assert rows["preset margin<2"] == ["ex", "6/6/6/6", "of", "6"]  # every clip within a margin of 2
+
+    for bad in ("ex=nowhere", f"ex={tmp_path / 'nowhere'}:{tmp_path / 'm.jsonl'}"):  # one line, exit 1
+        assert main(["--bank-cache", bank, "--split", bad]) == 1
+        assert capsys.readouterr().err.splitlines()[-1].startswith("far_rules: ")
