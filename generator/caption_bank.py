@@ -8,6 +8,7 @@ takes token latents (16 x 384 numbers per caption instead of 512).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -58,3 +59,12 @@ def nearest(points: torch.Tensor, bank: torch.Tensor, captions: list[str], k: in
         [(captions[j], round(float(s), 4)) for s, j in zip(row_s, row_i, strict=True)]
         for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True)
     ]
+
+
+def group_heads(texts: Sequence[str], groups: Sequence[str]) -> dict[str, str]:
+    """Each group's first caption, groups in order of first appearance: a grouped caption cache's canonical
+    phrasing of each scene (the anchors of `train-translator --canonical-bank`)."""
+    heads: dict[str, str] = {}
+    for text, group in zip(texts, groups, strict=True):
+        heads.setdefault(group, text)
+    return heads

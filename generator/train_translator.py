@@ -44,6 +44,7 @@ from fusion.training import (
     restore_optimizer,
     torch_generator,
 )
+from generator.caption_bank import group_heads
 from generator.image_text import image_text_encoder
 from generator.snap_metric import fit_snap_metric
 from generator.translator import ARCHS, Translator
@@ -336,9 +337,7 @@ def _bank_groups(folder: str, adapters: FuseMixAdapters):
     """A caption bank's unique captions, their points in S, each caption's group and each group's first caption."""
     bank = _caption_cache(folder, adapters)
     texts, points = _caption_points(bank, adapters)
-    head: dict[str, str] = {}  # group -> its first caption
-    for text, group in zip(bank.texts, bank.clip_ids, strict=True):
-        head.setdefault(group, text)
+    head = group_heads(bank.texts, bank.clip_ids)
     return texts, points, dict(zip(bank.texts, bank.clip_ids, strict=True)), head
 
 

@@ -102,9 +102,9 @@ class Translator(ModelMixin, ConfigMixin):
 
     def anchor_distance(self, out: torch.Tensor) -> torch.Tensor:
         """L2 distance (over all numbers) from each conditioning to its nearest anchor: how far off every scene."""
-        return self._nearest_anchor(out).values
+        return self.nearest_anchor(out).values
 
-    def _nearest_anchor(self, out: torch.Tensor):
+    def nearest_anchor(self, out: torch.Tensor):
         """(distance, index) of each conditioning's nearest anchor, one rule for the snap and the preset's handoff."""
         if not self.config.anchors:
             raise ValueError("anchors are needed (a translator trained with --snap)")
@@ -114,13 +114,17 @@ class Translator(ModelMixin, ConfigMixin):
         """``out`` with each conditioning farther than ``snap`` from every anchor replaced by the nearest one, and
         a mask of the rows replaced."""
         anchors = self.anchor_embeds.to(out.dtype)
-        distance, nearest = self._nearest_anchor(out)
+        distance, nearest = self.nearest_anchor(out)
         far = distance > self.config.snap
-        if self.config.metric:  # the same far rows, judged by the metric (float32: the scores are large sums)
-            flat = out.flatten(1).float()
-            scores = 2 * flat @ self.metric_anchors.float().flatten(1).T - self.metric_offsets.float()
-            nearest = scores.argmax(1)
+        if self.config.metric:  # the same far rows, judged by the metric
+            nearest = self.metric_scores(out).argmax(1)
         return torch.where(far[:, None, None], anchors[nearest], out), far
+
+    def metric_scores(self, out: torch.Tensor) -> torch.Tensor:
+        """(rows, anchors) scores under the snap metric, higher = nearer: minus the squared Mahalanobis distance up to
+        a per-row constant (``generator.snap_metric``); float32, the scores being large sums."""
+        flat = out.flatten(1).float()
+        return 2 * flat @ self.metric_anchors.float().flatten(1).T - self.metric_offsets.float()
 
     def translate(self, points: torch.Tensor) -> torch.Tensor:
         """The learned map alone, never snapped."""

@@ -38,7 +38,7 @@ from demoworld.judge import ATTRIBUTES
 from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
 from fusion.errors import FusemixError
-from generator.caption_bank import load_caption_bank
+from generator.caption_bank import group_heads, load_caption_bank
 from generator.image_text import image_text_encoder
 from generator.presets import load_preset
 from generator.snap_metric import fit_snap_metric
@@ -87,12 +87,10 @@ def load_world(preset_name: str, translator: str | None, bank_cache: str) -> Wor
     if not model.config.metric:
         raise ValueError("the translator has no snap metric (train-translator --snap --snap-metric-audio)")
     cache = load_latents(Path(bank_cache))
-    heads: dict[str, str] = {}
-    for group, text in zip(cache.clip_ids, cache.texts, strict=True):
-        heads.setdefault(group, text)
-    canonical = image_text_encoder(preset.kind)(list(heads.values())).flatten(1).float()
+    heads = list(group_heads(cache.texts, cache.clip_ids).values())
+    canonical = image_text_encoder(preset.kind)(heads).flatten(1).float()
     nearest = torch.cdist(model.anchor_embeds.float().flatten(1), canonical).argmin(1).tolist()
-    anchor_scene = [scene_key(scenes.parse_caption(list(heads.values())[j])) for j in nearest]
+    anchor_scene = [scene_key(scenes.parse_caption(heads[j])) for j in nearest]
     captions, bank = load_caption_bank(preset.caption_bank)
     of_scene = {s: i for i, s in enumerate(anchor_scene)}
     bank_anchor = torch.tensor([of_scene[scene_key(scenes.parse_caption(c))] for c in captions])
@@ -109,9 +107,8 @@ def decide(world: World, split: Split, translator: Translator | None = None, han
         near = world.bank[(points @ world.bank.T).argmax(1)]
         points = F.normalize(points + pull * (near - points), dim=-1)
     raw = model.translate(points)
-    distance, l2_anchor = model._nearest_anchor(raw)
-    scores = 2 * raw.flatten(1).float() @ model.metric_anchors.float().flatten(1).T - model.metric_offsets.float()
-    metric = (scores / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores).argmax(1)
+    distance, l2_anchor = model.nearest_anchor(raw)
+    metric = (model.metric_scores(raw) / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores).argmax(1)
     handoff = world.handoff if handoff is None else handoff
     picked = []
     for k, d in enumerate(distance.tolist()):
@@ -137,10 +134,9 @@ def right(picked: list[Scene], truth: list[Scene], rows: list[int]) -> list[int]
     return [sum(picked[k][a] == truth[k][a] for k in rows) for a in range(len(ATTRIBUTES))]
 
 
-def refit(world: World, cache: str, manifest: str, shrink: float) -> Translator:
-    """A copy of the translator with its metric fitted on the clips of one audio cache."""
+def refit(world: World, split: Split, shrink: float) -> Translator:
+    """A copy of the translator with its metric fitted on the clips of ``split``."""
     fitted = copy.deepcopy(world.translator)
-    split = world.split(cache, manifest)
     of_scene = {s: i for i, s in enumerate(world.anchor_scene)}
     fit_snap_metric(fitted, split.points, torch.tensor([of_scene[s] for s in split.truth]), shrink)
     return fitted
@@ -155,27 +151,29 @@ def rules(world: World, a: argparse.Namespace):
     out += [(f"l2 below {d:g}", lambda s, d=d: decide(world, s, l2_below=d)) for d in a.l2_below]
     for spec in a.refit:
         name, cache, manifest = parse_spec(spec)
+        clips = world.split(cache, manifest)  # read once for every shrink
         for shrink in a.shrinks:
-            model = refit(world, cache, manifest, shrink)
+            model = refit(world, clips, shrink)
             out.append((f"refit {name} shrink {shrink:g}", lambda s, m=model: decide(world, s, translator=m)))
     return out
 
 
 def table(world: World, splits: dict[str, Split], a: argparse.Namespace) -> list[str]:
-    lines, ruled = [], rules(world, a)
-    for label, rule in ruled:
-        cells, total = [], [0] * len(ATTRIBUTES)
+    lines, picks = [], []
+    for label, rule in rules(world, a):
+        cells, total, picked = [], [0] * len(ATTRIBUTES), {name: rule(split) for name, split in splits.items()}
+        picks.append((label, picked))
         for name, split in splits.items():
-            counts = right(rule(split), split.truth, list(range(len(split.truth))))
+            counts = right(picked[name], split.truth, list(range(len(split.truth))))
             total = [t + c for t, c in zip(total, counts, strict=True)]
             cells.append(f"{name} {'/'.join(map(str, counts))}")
         lines.append(f"{label:22s} {'/'.join(map(str, total)):20s} " + "  ".join(cells))
-    for label, rule in ruled[:2] if a.margin else ():  # retrieve and preset where S barely decides
+    for label, picked in picks[:2] if a.margin else ():  # retrieve and preset where S barely decides
         cells = []
         for name, split in splits.items():
             top = split.bank_scores.topk(2, dim=1).values
             rows = ((top[:, 0] - top[:, 1]) < a.margin).nonzero().flatten().tolist()
-            cells.append(f"{name} {'/'.join(map(str, right(rule(split), split.truth, rows)))} of {len(rows)}")
+            cells.append(f"{name} {'/'.join(map(str, right(picked[name], split.truth, rows)))} of {len(rows)}")
         lines.append(f"{label + f' margin<{a.margin:g}':22s} " + "  ".join(cells))
     return lines
 

@@ -28,7 +28,7 @@ from demoworld.judge import ATTRIBUTES
 from fusion.adapters import FuseMixAdapters
 from fusion.cache import load_latents
 from fusion.errors import FusemixError
-from generator.caption_bank import load_caption_bank
+from generator.caption_bank import group_heads, load_caption_bank
 from generator.image_text import image_text_encoder
 from generator.presets import load_preset
 from generator.translator import Translator
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     translator = Translator.from_pretrained(a.translator or str(preset.translator)).eval()
     captions, bank = load_caption_bank(preset.caption_bank)
     cache = load_latents(Path(a.bank_cache))
-    first: dict[str, str] = {}
-    for group, text in zip(cache.clip_ids, cache.texts, strict=True):
-        first.setdefault(group, text)
-    heads = list(first.values())  # the first caption of each group: its canonical phrasing
+    heads = list(group_heads(cache.texts, cache.clip_ids).values())  # each group's canonical phrasing
     canonical = image_text_encoder(preset.kind)(heads).flatten(1)
     for spec in a.split:
         try:
