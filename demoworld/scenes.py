@@ -34,6 +34,12 @@ SIZES: tuple[str, ...] = ("small", "large")
 SIZE_RADIUS: dict[str, float] = {"small": 0.2, "large": 0.36}
 # Words a caption may use for each size.
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large": ("large", "big")}
+# Each size word -> its counterpart of the other size (`fusemix hard-negatives --substitutes`): "a big red circle"
+# -> "a little red circle", the negative that differs by size alone.
+SIZE_SUBSTITUTES: dict[str, str] = {
+    **dict(zip(SIZE_WORDS["small"], SIZE_WORDS["large"], strict=True)),
+    **dict(zip(SIZE_WORDS["large"], SIZE_WORDS["small"], strict=True)),
+}
 
 # Paraphrase templates. Splits hold some out (see demoworld.splits), so the order is part of the data.
 TEMPLATES: tuple[str, ...] = (

@@ -7,6 +7,9 @@
 "a red circle on a blue background" -> "a blue circle on a red background": the swapped captions' latents become
 extra negatives for the caption's audio (NegCLIP), so the shared space learns which word goes with what.
 SWAP_CLASSES is JSON, e.g. {"colour": ["red", "green", "blue"]}; `fusemix demo build` writes the demo world's.
+--substitutes adds each caption with one word replaced, JSON word -> replacement, e.g. {"big": "little", "little":
+"big"}: "a big red dot" -> "a little red dot", a negative for an attribute a caption names once (listed after the
+swaps, so --limit of `fusemix train` keeps the swaps first).
 Use the same --captions manifest (and text encoder, and --tokens) as for the --text-latents cache.
 """
 
@@ -16,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from fusemix.cli import check_count
-from fusion.hard_negatives import load_swap_classes, write_swap_manifest
+from fusion.hard_negatives import load_substitutes, load_swap_classes, write_swap_manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swap-classes", required=True, type=Path, help="JSON: class name -> list of words to swap")
     p.add_argument("--out", required=True, type=Path, help="JSONL manifest of swapped captions to write")
     p.add_argument("--limit", type=int, default=2, help="swapped versions per caption, at most (default 2)")
+    p.add_argument("--substitutes", type=Path, help="JSON: word -> the word that replaces it (default: none)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_count("--limit", args.limit)
-    counts = write_swap_manifest(args.captions, load_swap_classes(args.swap_classes), args.out, args.limit)
+    substitutes = load_substitutes(args.substitutes) if args.substitutes else None
+    classes = load_swap_classes(args.swap_classes)
+    counts = write_swap_manifest(args.captions, classes, args.out, args.limit, substitutes)
     print(
         f"{counts['swapped']} swapped captions for {counts['swappable']} of {counts['captions']} captions: {args.out}"
     )

@@ -3,6 +3,8 @@
 A contrastive model that treats a caption as a bag of words scores "a red circle on a blue background" and "a blue
 circle on a red background" alike. Giving each clip's audio the swapped versions of its caption as extra negatives
 in the InfoNCE denominator makes the shared space pay for the words' order, i.e. which colour goes with what.
+Substitutions (``substitutes``: "big" -> "little") add the caption with one word replaced: for an attribute named
+once, whose other value few captions of a batch hold (the demo's size: one scene in 448 differs by size alone).
 
 The flow, all through the ordinary resumable cache::
 
@@ -65,6 +67,28 @@ def load_swap_classes(path: str | Path) -> dict[str, list[str]]:
     return classes
 
 
+def load_substitutes(path: str | Path) -> dict[str, str]:
+    """Read a substitutes JSON file (word -> the word that replaces it), lower-cased; one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--substitutes {path}: not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"--substitutes {path}: not JSON ({err})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(
+            f'--substitutes {path}: expected an object of words, e.g. {{"big": "little", "little": "big"}}'
+        )
+    for word, other in raw.items():
+        for w in (word, other):
+            if not isinstance(w, str) or WORD.fullmatch(w.strip()) is None:
+                raise InputError(f"--substitutes {path}: {w!r} is not a single word")
+        if word.strip().lower() == other.strip().lower():
+            raise InputError(f"--substitutes {path}: {word!r} would replace itself")
+    return {word.strip().lower(): other.strip().lower() for word, other in raw.items()}
+
+
 def _same_case(word: str, like: str) -> str:
     """``word`` written with the case pattern of ``like`` (RED, Red, red)."""
     if like.isupper() and len(like) > 1:
@@ -105,12 +129,36 @@ def swapped_captions(caption: str, classes: dict[str, list[str]], limit: int | N
     return out
 
 
+def substituted_captions(caption: str, substitutes: dict[str, str]) -> list[str]:
+    """Every caption made by replacing one word that ``substitutes`` names with its substitute, in text order.
+
+    "a big red dot" -> "a little red dot". A swap keeps every word and changes what goes with what; a substitution
+    changes one attribute a caption names once (the demo's size), whose only other value a batch rarely holds.
+    Word-level and case-keeping as ``swapped_captions``; repeated results are listed once.
+    """
+    lowered = {word.lower(): other for word, other in substitutes.items()}
+    out: list[str] = []
+    for match in WORD.finditer(caption):
+        other = lowered.get(match.group().lower())
+        if other is None:
+            continue
+        changed = caption[: match.start()] + _same_case(other, match.group()) + caption[match.end() :]
+        if changed not in out:
+            out.append(changed)
+    return out
+
+
 def write_swap_manifest(
-    caption_manifest: str | Path, classes: dict[str, list[str]], out: str | Path, limit: int = 2
+    caption_manifest: str | Path,
+    classes: dict[str, list[str]],
+    out: str | Path,
+    limit: int = 2,
+    substitutes: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write the swapped captions of a manifest's captions as a caption-only JSONL (ids ``<caption id>#swap<k>``).
 
-    ``fusemix extract`` reads it like any manifest. Returns counts (captions, captions with swaps, lines written).
+    With ``substitutes``, each caption's substituted versions (``substituted_captions``) follow its swaps. ``fusemix
+    extract`` reads it like any manifest. Returns counts (captions, captions with swaps, lines written).
     """
     clips = read_manifest(caption_manifest)
     lines: list[str] = []
@@ -119,13 +167,14 @@ def write_swap_manifest(
         for k, caption in enumerate(clip.captions):
             captions += 1
             swaps = swapped_captions(caption, classes, limit)
+            swaps += [s for s in substituted_captions(caption, substitutes or {}) if s not in swaps]
             swappable += bool(swaps)
             caption_id = f"{clip.id}#{k}"  # the id fusion.extract gives this caption
             lines += [json.dumps({"id": f"{caption_id}#swap{j}", "caption": s}) + "\n" for j, s in enumerate(swaps)]
     if not lines:
         raise InputError(
             f"--captions {caption_manifest}: none of its {captions} captions has two different words of one "
-            f"swap class ({', '.join(classes)})"
+            f"swap class ({', '.join(classes)})" + (" nor a word to substitute" if substitutes else "")
         )
     atomic_write_bytes(Path(out), "".join(lines).encode())
     logger.info("%d of %d captions have swaps; %d swapped captions in %s", swappable, captions, len(lines), out)

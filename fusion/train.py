@@ -365,6 +365,9 @@ def _prepare_run(cfg: TrainConfig, accelerator, data: TrainData, manager, resume
     state = resumed.state if resumed is not None else {"epoch": 0, "step": 0, "history": []}
     state.pop("scheduler", None)  # saved by earlier versions; the schedule is a function of the step
     state.update(train_clips=num_clips, batch_pairs=batch, steps_per_epoch=steps_per_epoch, num_processes=world)
+    if data.hard is not None:  # what the negatives were, beside the cache's path: one swap, or a swap and a size
+        present = data.hard.index[data.pairing.caption_rows] >= 0
+        state["hard_negatives_per_caption"] = round(float(present.sum(1).mean()), 3)
     model, optimizer = accelerator.prepare(model, optimizer)
     schedule = WarmupCosine(cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_steps, cfg.min_lr)
     return _Run(cfg, accelerator, data, manager, model, optimizer, schedule, state, batch, batch // world)

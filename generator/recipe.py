@@ -79,6 +79,9 @@ class DemoRecipe:
     paraphrases: int = 0
     hard_negatives: bool = False  # NegCLIP: each caption's colour-swapped version is an extra negative for its audio
     hard_negative_limit: int = 2  # swapped versions per caption, at most
+    # each caption with its size word replaced by the other size's ("big" -> "little") is a further negative, after
+    # its swap (demoworld.scenes.SIZE_SUBSTITUTES): a batch rarely holds the scene that differs by size alone
+    hard_negative_sizes: bool = False
     # -- FuseMix adapters (fusion.train.TrainConfig)
     epochs: int = 40  # passes over the training clips
     batch_size: int = 512  # pairs per step before mixing
@@ -213,6 +216,8 @@ class DemoRecipe:
                 raise ValueError(
                     f"{modality}_keep must be in [1, {modality}_tokens x parts={tokens * parts}], got {keep}"
                 )
+        if self.hard_negative_sizes and not self.hard_negatives:
+            raise ValueError("hard_negative_sizes needs hard_negatives (the sizes join the swapped captions)")
         if self.handoff < 0 or (self.handoff > 0 and self.translator_snap <= 0):
             raise ValueError(f"handoff must be >= 0, and > 0 needs translator_snap (its anchors); got {self.handoff}")
 
@@ -290,6 +295,10 @@ ACCENTED = replace(DEFAULT, name="accented", accent_world_size="default", epochs
 # The default plus a third world spoken with simulated accents (`--voices simulated`: the English training voices,
 # each clip bent by 2-4 sound changes of the training pool; demoworld.accents), 40 epochs over the 9,000 clips.
 SIMULATED = replace(DEFAULT, name="simulated", sim_world_size="default", epochs=40)
+# The default with each training caption's size-substituted version ("big" -> "little") as a second hard negative
+# beside its colour swap (hard_negative_sizes). Stop 38, 2,448 validation clips: 3 more sizes right in both modes,
+# 15-17 fewer backgrounds and 2-8 fewer colours and shapes (README), so not the default.
+SIZE_NEGATIVES = replace(DEFAULT, name="size-negatives", hard_negative_sizes=True)
 # An earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
 LOCKED_TEXT = replace(
     WHISPER_TOKENS,
@@ -319,6 +328,7 @@ TINY = replace(
     translator_world_size="12",  # ... a world only the translator reads,
     accent_world_size="12",  # ... a third training world in accented English (whose clips fit the snap metric),
     sim_world_size="12",  # ... a fourth in simulated accents,
+    hard_negative_sizes=True,  # ... size substitutes beside the colour swaps,
     translator_metric_world_size="12",
     bank_scenes=4,
     epochs=2,
@@ -333,7 +343,19 @@ TINY = replace(
     image_checkpoint_every=100,
 )
 RECIPES: dict[str, DemoRecipe] = {
-    r.name: r for r in (DEFAULT, AUGMENTED, ACCENTED, SIMULATED, WHISPER_TOKENS, TRANSCRIPT, CONCAT, LOCKED_TEXT, TINY)
+    r.name: r
+    for r in (
+        DEFAULT,
+        AUGMENTED,
+        ACCENTED,
+        SIMULATED,
+        SIZE_NEGATIVES,
+        WHISPER_TOKENS,
+        TRANSCRIPT,
+        CONCAT,
+        LOCKED_TEXT,
+        TINY,
+    )
 }
 
 

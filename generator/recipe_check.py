@@ -192,6 +192,10 @@ def _compare_records(recipe: DemoRecipe, folder: Path) -> list[str]:
     batch = min(recipe.batch_size, clips)
     state = _read(folder / "adapters/trainer_state.json")
     expected = {"epoch": recipe.epochs, "train_clips": clips, "batch_pairs": batch, "steps_per_epoch": clips // batch}
+    # every demo caption names two colours (one swap) and one size (one substitute); runs before the record existed
+    # (the shipped adapters) are compared only when the recipe has the sizes
+    if recipe.hard_negatives and (recipe.hard_negative_sizes or "hard_negatives_per_caption" in state):
+        expected["hard_negatives_per_caption"] = 1 + recipe.hard_negative_sizes
     diffs = _compare(folder, "adapters/trainer_state.json", {k: state.get(k) for k in expected}, expected)
     captions = [text for _, caps in bank_captions(recipe) for text in caps]
     if not recipe.translator_audio_points:  # trained on the bank; else on the training pairs (their count varies)

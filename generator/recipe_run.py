@@ -176,15 +176,20 @@ def _paraphrases(recipe: DemoRecipe, layout: Layout, world: Path, name: str) -> 
 
 
 def _swaps(recipe: DemoRecipe, layout: Layout, world: Path, captions: Path, name: str) -> None:
-    """The colour-swapped versions of a world's training captions (`fusemix hard-negatives`) and their latents."""
+    """The colour-swapped versions of a world's training captions (`fusemix hard-negatives`), with their size
+    substituted versions when the recipe has ``hard_negative_sizes``, and their latents."""
+    from demoworld.scenes import SIZE_SUBSTITUTES
     from fusion.hard_negatives import load_swap_classes, write_swap_manifest
 
     manifest = layout.swap_manifest(name)
     classes = world / "swap_classes.json"
     settings = {"captions": captions, "swap_classes": classes, "limit": recipe.hard_negative_limit}
+    substitutes = SIZE_SUBSTITUTES if recipe.hard_negative_sizes else None
+    if substitutes:  # recorded only when used, so steps finished before substitutes existed still match
+        settings["substitutes"] = substitutes
 
     def write() -> None:
-        write_swap_manifest(captions, load_swap_classes(classes), manifest, recipe.hard_negative_limit)
+        write_swap_manifest(captions, load_swap_classes(classes), manifest, recipe.hard_negative_limit, substitutes)
 
     run_step(layout, f"swaps_{name}", settings, write, [manifest])
     _extract(recipe, layout, "text", manifest, f"swaps_{name}")

@@ -22,7 +22,9 @@ from fusion.extract import _items
 from fusion.hard_negatives import (
     encode_with_negatives,
     fusemix_mix_with_negatives,
+    load_substitutes,
     load_swap_classes,
+    substituted_captions,
     swapped_captions,
     write_swap_manifest,
 )
@@ -100,6 +102,47 @@ def test_demo_world_swap_classes_are_its_colours(tmp_path):
         assert swap == template.format(size="small", colour="blue", shape="circle", background="red")
 
 
+def test_substitution_replaces_one_word_at_a_time_keeping_case():
+    sizes = {"big": "little", "little": "big"}
+    assert substituted_captions("a Big red dot", sizes) == ["a Little red dot"]
+    assert substituted_captions("BIG dot, little dot.", sizes) == ["LITTLE dot, little dot.", "BIG dot, big dot."]
+    assert substituted_captions("a bigger dot", sizes) == []  # whole words only
+    assert substituted_captions("big big", sizes) == ["little big", "big little"]
+    assert substituted_captions("anything", {}) == []
+
+
+def test_demo_size_substitutes_give_each_caption_its_other_size():
+    scene = scenes.Scene("circle", "red", "small", "blue")
+    for template in scenes.TEMPLATES:
+        for size, words in scenes.SIZE_WORDS.items():
+            other = next(s for s in scenes.SIZE_WORDS if s != size)
+            for i, word in enumerate(words):
+                caption = template.format(size=word, colour="red", shape=scene.shape, background="blue")
+                want = template.format(
+                    size=scenes.SIZE_WORDS[other][i], colour="red", shape="circle", background="blue"
+                )
+                assert substituted_captions(caption, scenes.SIZE_SUBSTITUTES) == [want]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not JSON"),
+        ('["big", "little"]', "expected an object"),
+        ('{"big": "very little"}', "not a single word"),
+        ('{"big": "Big"}', "replace itself"),
+    ],
+)
+def test_bad_substitutes_file_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "subs.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as err:
+        load_substitutes(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="not found"):
+        load_substitutes(tmp_path / "missing.json")
+
+
 # --- the swap manifest -----------------------------------------------------------------------------------
 
 
@@ -136,6 +179,28 @@ def test_swap_manifest_ids_follow_the_caption_ids_of_extract(tmp_path, capsys):
     items = _items(read_manifest(out), "text")
     assert [(i.id, i.clip_id, i.text) for i in items][0] == ("c1#0#swap0#0", "c1#0#swap0", "a blue dot on red")
     assert write_swap_manifest(manifest, COLOURS, tmp_path / "one.jsonl", limit=1)["swapped"] == 2
+
+
+def test_substitutes_follow_each_captions_swaps_in_the_manifest(tmp_path, capsys):
+    manifest = write_jsonl(
+        tmp_path / "captions.jsonl",
+        [{"id": "c1", "captions": ["a big red dot on blue", "a little dot"]}, {"id": "c2", "caption": "plain"}],
+    )
+    classes, subs = tmp_path / "classes.json", tmp_path / "subs.json"
+    classes.write_text(json.dumps(COLOURS))
+    subs.write_text(json.dumps({"big": "little", "little": "big"}))
+    out = tmp_path / "swaps.jsonl"
+    args = ["hard-negatives", "--captions", str(manifest), "--swap-classes", str(classes), "--out", str(out)]
+    assert cli.main([*args, "--substitutes", str(subs)]) == 0
+    assert "3 swapped captions for 2 of 3 captions" in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["caption"]) for r in lines] == [
+        ("c1#0#swap0", "a big blue dot on red"),  # the swap first, so a --hard-negative-limit of 1 keeps it
+        ("c1#0#swap1", "a little red dot on blue"),
+        ("c1#1#swap0", "a big dot"),
+    ]
+    assert cli.main([*args, "--substitutes", str(tmp_path / "missing.json")]) == 1
+    assert "--substitutes" in capsys.readouterr().err
 
 
 def test_swap_manifest_errors(tmp_path, capsys):
@@ -343,6 +408,8 @@ def test_train_with_hard_negatives_runs_saves_and_resumes(tmp_path, monkeypatch)
     assert train_cli.main(args_for(audio, text, tmp_path / "plain", *base[:-2])) == 0
     plain = json.loads((tmp_path / "plain" / "checkpoint" / "trainer_state.json").read_text())
     assert plain["history"][0]["loss"] < states[0]["history"][0]["loss"]  # more negatives: a larger loss
+    # the state records how many negatives a training caption had: 2 swaps for two captions in three here
+    assert 1.2 < states[0]["hard_negatives_per_caption"] < 1.5 and "hard_negatives_per_caption" not in plain
 
 
 def test_token_text_latents_with_hard_negatives_train_under_bf16(tmp_path):

@@ -75,6 +75,8 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, translator_snap=0.0, translator_metric_world_size=None).check()
     with pytest.raises(ValueError, match="handoff must be >= 0"):
         replace(DEFAULT, handoff=-1.0).check()
+    with pytest.raises(ValueError, match="hard_negative_sizes needs hard_negatives"):
+        replace(DEFAULT, hard_negatives=False, hard_negative_sizes=True).check()
     assert preset_json(DEFAULT)["handoff"] == DEFAULT.handoff > 0 and "handoff" not in preset_json(
         replace(DEFAULT, handoff=0.0)
     )
@@ -186,6 +188,9 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     # one's, ids kept apart
     worlds = ("audio_train", "audio_extra_train", "audio_accent_train", "audio_sim_train")
     assert count("audio_train_all") == sum(count(name) for name in worlds) and min(map(count, worlds)) > 0
+    # each paraphrased caption's colour swap, then its size substitute: two hard negatives a caption
+    assert count("text_swaps_all") == 2 * count("text_train_all_paraphrased")
+    assert json.loads((out / "adapters/trainer_state.json").read_text())["hard_negatives_per_caption"] == 2
     accent_lines = (tmp_path / "work/world_accent/train.jsonl").read_text().splitlines()
     assert all(json.loads(line)["voice"].split("+")[0] in ("hi", "ru") for line in accent_lines)
     sim_rows = [json.loads(line) for line in (tmp_path / "work/world_sim/train.jsonl").read_text().splitlines()]
