@@ -296,8 +296,8 @@ ACCENTED = replace(DEFAULT, name="accented", accent_world_size="default", epochs
 # each clip bent by 2-4 sound changes of the training pool; demoworld.accents), 40 epochs over the 9,000 clips.
 SIMULATED = replace(DEFAULT, name="simulated", sim_world_size="default", epochs=40)
 # The default with each training caption's size-substituted version ("big" -> "little") as a second hard negative
-# beside its colour swap (hard_negative_sizes). Stop 38, 2,448 validation clips: 3 more sizes right in both modes,
-# 15-17 fewer backgrounds and 2-8 fewer colours and shapes (README), so not the default.
+# beside its colour swap (hard_negative_sizes). Stop 38, 2,448 validation clips: 2-3 more sizes right in both modes,
+# 14-17 fewer backgrounds and 3-8 fewer colours and shapes (README), so not the default.
 SIZE_NEGATIVES = replace(DEFAULT, name="size-negatives", hard_negative_sizes=True)
 # An earlier default (README: "locked text"): pooled Whisper and MiniLM, a locked text tower, one world.
 LOCKED_TEXT = replace(
