@@ -40,17 +40,22 @@ WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostro
 SWAP_ID = re.compile(r"^(?P<caption>.+)#swap(?P<k>\d+)$")
 
 
-def load_swap_classes(path: str | Path) -> dict[str, list[str]]:
-    """Read a swap-classes JSON file (class name -> list of one-word entries), lower-cased; one-line errors."""
-    path = Path(path)
+def _read_object(path: Path, flag: str, example: str) -> dict:
+    """A non-empty JSON object read from ``path``; one line naming ``flag`` and the file otherwise."""
     if not path.is_file():
-        raise MissingFileError(f"--swap-classes {path}: not found")
+        raise MissingFileError(f"{flag} {path}: not found")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"--swap-classes {path}: not JSON ({err})") from None
+        raise InputError(f"{flag} {path}: not JSON ({err})") from None
     if not isinstance(raw, dict) or not raw:
-        raise InputError(f'--swap-classes {path}: expected an object of word lists, e.g. {{"colour": ["red", "blue"]}}')
+        raise InputError(f"{flag} {path}: expected an object of {example}")
+    return raw
+
+
+def load_swap_classes(path: str | Path) -> dict[str, list[str]]:
+    """Read a swap-classes JSON file (class name -> list of one-word entries), lower-cased; one-line errors."""
+    raw = _read_object(Path(path), "--swap-classes", 'word lists, e.g. {"colour": ["red", "blue"]}')
     classes: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     for name, words in raw.items():
@@ -69,17 +74,7 @@ def load_swap_classes(path: str | Path) -> dict[str, list[str]]:
 
 def load_substitutes(path: str | Path) -> dict[str, str]:
     """Read a substitutes JSON file (word -> the word that replaces it), lower-cased; one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"--substitutes {path}: not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"--substitutes {path}: not JSON ({err})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise InputError(
-            f'--substitutes {path}: expected an object of words, e.g. {{"big": "little", "little": "big"}}'
-        )
+    raw = _read_object(Path(path), "--substitutes", 'words, e.g. {"big": "little", "little": "big"}')
     for word, other in raw.items():
         for w in (word, other):
             if not isinstance(w, str) or WORD.fullmatch(w.strip()) is None:
