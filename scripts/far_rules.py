@@ -18,7 +18,12 @@ Splits are NAME=AUDIO_CACHE:MANIFEST as for `scripts/translator_decisions.py` (w
 - ``refit NAME shrink S``: the metric refitted (``generator.snap_metric``) on NAME's clips, AUDIO_CACHE:MANIFEST
   with a ``scene`` per clip, which the translator must never have trained on;
 - ``--margin M``: also ``retrieve`` and ``preset`` on the clips whose two nearest scenes in S lie within M cosine
-  (where S itself barely decides).
+  (where S itself barely decides);
+- ``--ensemble P ...`` (with ``--refit``): the preset and presets P (other adapters and translators over the same
+  image model, anchors and caption bank) as one: ``ensemble retrieve`` by the mean cosine over their spaces,
+  ``ensemble hH`` the mean of their translations, snapped by a metric refitted on the first ``--refit`` clips, handed
+  to ensemble retrieve beyond H (the preset's handoff and each ``--handoffs``). Two seeds of S disagree on the clips
+  each barely decides; the mean is surer than either (stop 39).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Split:
     truth: list[Scene]
     bank_scores: torch.Tensor  # (clips, anchors): best cosine in S to a bank caption of each anchor's scene
     retrieved: list[Scene]  # retrieve mode's scene
+    source: tuple[str, str] = ("", "")  # (cache, manifest) it was read from
 
 
 @dataclass
@@ -78,7 +84,8 @@ class World:
         index = self.bank_anchor.expand(len(points), -1)
         scores = torch.full((len(points), len(self.anchor_scene)), -2.0).scatter_reduce(1, index, cosine, "amax")
         retrieved = [self.anchor_scene[i] for i in self.bank_anchor[cosine.argmax(1)].tolist()]
-        return Split(points, [scene_key(rows[i]["scene"]) for i in latents.ids], scores, retrieved)
+        truth = [scene_key(rows[i]["scene"]) for i in latents.ids]
+        return Split(points, truth, scores, retrieved, (cache, manifest))
 
 
 def load_world(preset_name: str, translator: str | None, bank_cache: str) -> World:
@@ -120,6 +127,36 @@ def decide(world: World, split: Split, translator: Translator | None = None, han
     return picked
 
 
+class Ensemble:
+    """Presets' (adapters, translator) pairs as one: a split's points joined side by side, the translations averaged
+    in the image model's conditioning (the first translator's anchors and metric), retrieve by the mean cosine."""
+
+    def __init__(self, worlds: list[World], refit_split: tuple[str, str], shrink: float) -> None:
+        first = worlds[0]
+        for other in worlds[1:]:
+            same = torch.equal(other.translator.anchor_embeds, first.translator.anchor_embeds)
+            if not same or not torch.equal(other.bank_anchor, first.bank_anchor):
+                raise ValueError("--ensemble presets must share the image model's anchors and the caption bank")
+        self.worlds, self.world, self._joined = worlds, first, {}
+        members, dim = [w.translator for w in worlds], first.translator.config.in_dim
+        mean = copy.deepcopy(first.translator)
+        mean.translate = lambda p: torch.stack(
+            [m.translate(p[:, k * dim : (k + 1) * dim]).float() for k, m in enumerate(members)]
+        ).mean(0)
+        self.translator = refit(first, self.join(first.split(*refit_split)), shrink, mean)
+
+    def join(self, split: Split) -> Split:
+        """``split`` read by every member: points side by side, retrieve by the mean cosine."""
+        if split.source not in self._joined:
+            parts = [split] + [w.split(*split.source) for w in self.worlds[1:]]
+            cosine = torch.stack([p.points @ w.bank.T for p, w in zip(parts, self.worlds, strict=True)]).mean(0)
+            anchors = self.world.bank_anchor[cosine.argmax(1)].tolist()
+            retrieved = [self.world.anchor_scene[i] for i in anchors]
+            points = torch.cat([p.points for p in parts], 1)
+            self._joined[split.source] = Split(points, split.truth, split.bank_scores, retrieved, split.source)
+        return self._joined[split.source]
+
+
 def parse_spec(spec: str) -> tuple[str, str, str]:
     """NAME=CACHE:MANIFEST -> its three parts; a ValueError naming the spec otherwise."""
     name, _, rest = spec.partition("=")
@@ -134,9 +171,9 @@ def right(picked: list[Scene], truth: list[Scene], rows: list[int]) -> list[int]
     return [sum(picked[k][a] == truth[k][a] for k in rows) for a in range(len(ATTRIBUTES))]
 
 
-def refit(world: World, split: Split, shrink: float) -> Translator:
-    """A copy of the translator with its metric fitted on the clips of ``split``."""
-    fitted = copy.deepcopy(world.translator)
+def refit(world: World, split: Split, shrink: float, translator: Translator | None = None) -> Translator:
+    """A copy of the translator (default: the world's) with its metric fitted on the clips of ``split``."""
+    fitted = copy.deepcopy(translator or world.translator)
     of_scene = {s: i for i, s in enumerate(world.anchor_scene)}
     fit_snap_metric(fitted, split.points, torch.tensor([of_scene[s] for s in split.truth]), shrink)
     return fitted
@@ -155,6 +192,14 @@ def rules(world: World, a: argparse.Namespace):
         for shrink in a.shrinks:
             model = refit(world, clips, shrink)
             out.append((f"refit {name} shrink {shrink:g}", lambda s, m=model: decide(world, s, translator=m)))
+    if a.ensemble:
+        worlds = [world] + [load_world(p, None, a.bank_cache) for p in a.ensemble]
+        ens = Ensemble(worlds, parse_spec(a.refit[0])[1:], a.shrinks[0])
+        out.append(("ensemble retrieve", lambda s: ens.join(s).retrieved))
+        for h in (world.handoff, *a.handoffs):
+            out.append(
+                (f"ensemble h{h:g}", lambda s, h=h: decide(world, ens.join(s), translator=ens.translator, handoff=h))
+            )
     return out
 
 
@@ -192,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit", nargs="*", default=[], metavar="NAME=CACHE:MANIFEST")
     p.add_argument("--shrinks", nargs="*", type=float, default=[0.5], help="shrinks of each --refit")
     p.add_argument("--margin", type=float, default=0.0)
+    p.add_argument("--ensemble", nargs="*", default=[], metavar="PRESET", help="presets joined with --preset")
     a = p.parse_args(argv)
     try:
+        if a.ensemble and not a.refit:
+            raise ValueError("--ensemble needs --refit (the clips its snap metric is fitted on)")
         specs = [parse_spec(spec) for spec in a.split + a.refit]  # before any model loads: fail early
         world = load_world(a.preset, a.translator, a.bank_cache)
         splits = {name: world.split(cache, manifest) for name, cache, manifest in specs[: len(a.split)]}

@@ -26,18 +26,24 @@ def test_rules_on_the_examples(tmp_path, capsys):
     split = _example_split(tmp_path)
     bank = str(_bank_cache(tmp_path / "bank"))
     argv = ["--bank-cache", bank, "--split", f"ex={split}", "--handoffs", "0.001", "--pulls", "1"]
-    argv += ["--refit", f"own={split}", "--margin", "2"]
+    argv += ["--refit", f"own={split}", "--margin", "2", "--ensemble", "demo"]
     assert main(argv) == 0
     rows = {line[:22].strip(): line[22:].split() for line in capsys.readouterr().out.splitlines()}
     assert list(rows) == [
-        "retrieve", "preset", "handoff 0.001", "pull 1", "refit own shrink 0.5", "retrieve margin<2", "preset margin<2"
+        "retrieve", "preset", "handoff 0.001", "pull 1", "refit own shrink 0.5", "ensemble retrieve",
+        "ensemble h10.5", "ensemble h0.001", "retrieve margin<2", "preset margin<2",
     ]  # fmt: skip
     assert rows["retrieve"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]  # all six right, as `make demo` draws them
     assert rows["preset"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]
     assert rows["handoff 0.001"] == rows["retrieve"]  # every clip handed to retrieve
     assert rows["refit own shrink 0.5"][0].count("/") == 3
     assert rows["preset margin<2"] == ["ex", "6/6/6/6", "of", "6"]  # every clip within a margin of 2
+    # the preset joined with itself: the same cosines, the same translations, the metric refitted on the same clips
+    assert rows["ensemble retrieve"] == rows["ensemble h0.001"] == rows["retrieve"]
+    assert rows["ensemble h10.5"] == rows["refit own shrink 0.5"]
 
     for bad in ("ex=nowhere", f"ex={tmp_path / 'nowhere'}:{tmp_path / 'm.jsonl'}"):  # one line, exit 1
         assert main(["--bank-cache", bank, "--split", bad]) == 1
         assert capsys.readouterr().err.splitlines()[-1].startswith("far_rules: ")
+    assert main(["--bank-cache", bank, "--split", f"ex={split}", "--ensemble", "demo"]) == 1  # no --refit
+    assert "--ensemble needs --refit" in capsys.readouterr().err
