@@ -22,8 +22,8 @@ Splits are NAME=AUDIO_CACHE:MANIFEST as for `scripts/translator_decisions.py` (w
 - ``--ensemble P ...`` (with ``--refit``): the preset and presets P (other adapters and translators over the same
   image model, anchors and caption bank) as one: ``ensemble retrieve`` by the mean cosine over their spaces,
   ``ensemble hH`` the mean of their translations, snapped by a metric refitted on the first ``--refit`` clips, handed
-  to ensemble retrieve beyond H (the preset's handoff and each ``--handoffs``). Two seeds of S disagree on the clips
-  each barely decides; the mean is surer than either (stop 39).
+  to ensemble retrieve beyond H (the preset's handoff and each ``--handoffs``). Seeds of S disagree on the clips
+  each barely decides; joined, they get more backgrounds and colours right (stop 39).
 """
 
 from __future__ import annotations
