@@ -137,7 +137,7 @@ class Ensemble:
             same = torch.equal(other.translator.anchor_embeds, first.translator.anchor_embeds)
             if not same or not torch.equal(other.bank_anchor, first.bank_anchor):
                 raise ValueError("--ensemble presets must share the image model's anchors and the caption bank")
-        self.worlds, self.world, self._joined = worlds, first, {}
+        self.worlds, self._joined = worlds, {}
         members, dim = [w.translator for w in worlds], first.translator.config.in_dim
         mean = copy.deepcopy(first.translator)
         mean.translate = lambda p: torch.stack(
@@ -150,8 +150,8 @@ class Ensemble:
         if split.source not in self._joined:
             parts = [split] + [w.split(*split.source) for w in self.worlds[1:]]
             cosine = torch.stack([p.points @ w.bank.T for p, w in zip(parts, self.worlds, strict=True)]).mean(0)
-            anchors = self.world.bank_anchor[cosine.argmax(1)].tolist()
-            retrieved = [self.world.anchor_scene[i] for i in anchors]
+            first = self.worlds[0]
+            retrieved = [first.anchor_scene[i] for i in first.bank_anchor[cosine.argmax(1)].tolist()]
             points = torch.cat([p.points for p in parts], 1)
             self._joined[split.source] = Split(points, split.truth, split.bank_scores, retrieved, split.source)
         return self._joined[split.source]

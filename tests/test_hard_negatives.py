@@ -71,23 +71,27 @@ def test_swap_gives_nothing_without_a_pair_and_respects_limit_and_order():
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    "load, content, message",
     [
-        ("{not json", "not JSON"),
-        ('["red", "blue"]', "expected an object"),
-        ('{"colour": ["red"]}', "at least 2 words"),
-        ('{"colour": ["red", "light blue"]}', "not a single word"),
-        ('{"colour": ["red", "blue"], "mood": ["blue", "happy"]}', "in both"),
+        (load_swap_classes, "{not json", "not JSON"),
+        (load_swap_classes, '["red", "blue"]', "expected an object"),
+        (load_swap_classes, '{"colour": ["red"]}', "at least 2 words"),
+        (load_swap_classes, '{"colour": ["red", "light blue"]}', "not a single word"),
+        (load_swap_classes, '{"colour": ["red", "blue"], "mood": ["blue", "happy"]}', "in both"),
+        (load_substitutes, "{not json", "not JSON"),
+        (load_substitutes, '["big", "little"]', "expected an object"),
+        (load_substitutes, '{"big": "very little"}', "not a single word"),
+        (load_substitutes, '{"big": "Big"}', "replace itself"),
     ],
 )
-def test_bad_swap_classes_file_is_one_line_naming_it(tmp_path, content, message):
-    path = tmp_path / "classes.json"
+def test_bad_swap_classes_or_substitutes_file_is_one_line_naming_it(tmp_path, load, content, message):
+    path = tmp_path / "words.json"
     path.write_text(content)
     with pytest.raises(InputError, match=message) as err:
-        load_swap_classes(path)
+        load(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="not found"):
-        load_swap_classes(tmp_path / "missing.json")
+        load(tmp_path / "missing.json")
 
 
 def test_demo_world_swap_classes_are_its_colours(tmp_path):
@@ -122,25 +126,6 @@ def test_demo_size_substitutes_give_each_caption_its_other_size():
                     size=scenes.SIZE_WORDS[other][i], colour="red", shape="circle", background="blue"
                 )
                 assert substituted_captions(caption, scenes.SIZE_SUBSTITUTES) == [want]
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("{not json", "not JSON"),
-        ('["big", "little"]', "expected an object"),
-        ('{"big": "very little"}', "not a single word"),
-        ('{"big": "Big"}', "replace itself"),
-    ],
-)
-def test_bad_substitutes_file_is_one_line_naming_it(tmp_path, content, message):
-    path = tmp_path / "subs.json"
-    path.write_text(content)
-    with pytest.raises(InputError, match=message) as err:
-        load_substitutes(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(InputError, match="not found"):
-        load_substitutes(tmp_path / "missing.json")
 
 
 # --- the swap manifest -----------------------------------------------------------------------------------
