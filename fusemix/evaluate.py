@@ -59,6 +59,7 @@ ARCH_KEYS = (
     "token_blocks",
     "audio_parts",
     "audio_part_dropout",
+    "heads",
 )
 
 

@@ -55,6 +55,7 @@ NUMERIC_OPTIONS = [
     ("shared-dim", int, "shared space width (default 512; text dim with --lock-text)"),
     ("val-fraction", float, "share of clips held out for validation retrieval each epoch"),
     ("seed", int, "random seed"),
+    ("heads", int, "runs alike but for the seed (SEED, SEED+1, ...), joined: an ensemble as one space (K x time)"),
     ("hard-negative-limit", int, "hard negatives per caption, at most (with --hard-negatives)"),
 ]
 

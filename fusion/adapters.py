@@ -179,6 +179,27 @@ def build_tower_for(
     )  # fmt: skip
 
 
+class JoinedTowers(nn.Module):
+    """``heads`` towers of one modality side by side: each head's L2-normalised output, concatenated and scaled by
+    1/sqrt(heads), so the joined point is unit-norm and its cosine with another is the mean of the heads' cosines
+    (an ensemble of shared spaces in one space: retrieval, the translator and the bank read it unchanged)."""
+
+    def __init__(self, heads: list[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [nn.functional.normalize(head(x), dim=-1) for head in self.heads]
+        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
+
+
+def split_heads(features: torch.Tensor, heads: int) -> list[torch.Tensor]:
+    """The inverse of ``JoinedTowers``' join: each head's unit-norm features, from joined (..., heads x dim) ones."""
+    if heads == 1:
+        return [features]
+    return [chunk * heads**0.5 for chunk in features.chunk(heads, dim=-1)]
+
+
 def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -> int:
     """With a locked text tower S *is* the text space, so its width is ``text_dim``; otherwise default 512."""
     if lock_text:
@@ -227,8 +248,11 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         audio_part_dropout: list[float] | None = None,
         text_parts: int = 1,
         text_part_dropout: list[float] | None = None,
+        heads: int = 1,
     ) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -246,11 +270,16 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         check_towers(self.tower_configs, lock_text)
         block_args = (num_blocks, expansion, dropout)
         dims = {"audio": audio_dim, "text": text_dim}
-        built = {}
-        for modality in ("text", "audio"):  # text first: the order the random init has always drawn in
-            tower = self.tower_configs[modality]
-            locked = modality == "text" and lock_text
-            built[modality] = nn.Identity() if locked else build_tower_for(tower, dims[modality], shared, *block_args)
+        if heads > 1 and lock_text:
+            raise ValueError("heads > 1 needs trained text towers (one per head), not lock_text")
+        built: dict[str, list[nn.Module]] = {"text": [], "audio": []}
+        for _ in range(heads):
+            for modality in ("text", "audio"):  # text first: the order the random init has always drawn in
+                tower = self.tower_configs[modality]
+                locked = modality == "text" and lock_text
+                one = nn.Identity() if locked else build_tower_for(tower, dims[modality], shared, *block_args)
+                built[modality].append(one)
+        built = {m: towers[0] if heads == 1 else JoinedTowers(towers) for m, towers in built.items()}
         self.towers = nn.ModuleDict({"audio": built["audio"], "text": built["text"]})
         self.temperature = nn.Parameter(torch.tensor(TEMPERATURE_INIT))
 
@@ -269,7 +298,12 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
 
     @property
     def shared_dim(self) -> int:
-        return int(self.config.shared_dim)
+        """Width of S: the heads' widths side by side."""
+        return int(self.config.shared_dim) * self.heads
+
+    @property
+    def heads(self) -> int:
+        return int(self.config.heads)
 
     def logit_scale(self) -> torch.Tensor:
         """``1 / temperature`` with the temperature clamped to [0.001, 0.5] (gradient stops at the bounds)."""
@@ -319,3 +353,25 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         """(audio features, text features, logit scale): what the loss takes."""
         out = self.encode({"audio": audio, "text": text})
         return out["audio"], out["text"], self.logit_scale()
+
+
+def join_adapters(members: list[FuseMixAdapters]) -> FuseMixAdapters:
+    """One model whose heads are ``members`` (single-head adapters trained alike, e.g. with other seeds): S becomes
+    their spaces side by side, cosine the mean of theirs; the temperature is their mean (it only scales training)."""
+    if not members or any(m.heads != 1 for m in members):
+        raise ValueError("join_adapters takes one or more single-head adapters")
+    config = {k: v for k, v in members[0].config.items() if not k.startswith("_")}
+    for i, member in enumerate(members[1:], 1):
+        other = {k: v for k, v in member.config.items() if not k.startswith("_")}
+        if other != config:
+            differ = sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k))
+            raise ValueError(f"adapters 0 and {i} differ in {', '.join(differ)}: only alike adapters join")
+    joined = FuseMixAdapters(**{**config, "heads": len(members)})
+    state = {"temperature": torch.stack([m.temperature.detach() for m in members]).mean()}
+    for k, member in enumerate(members):
+        for key, value in member.state_dict().items():
+            if key.startswith("towers."):
+                modality, rest = key[len("towers.") :].split(".", 1)
+                state[f"towers.{modality}.heads.{k}.{rest}"] = value
+    joined.load_state_dict(state, strict=True)
+    return joined.eval()

@@ -20,6 +20,7 @@ Checkpoint (``OUT/checkpoint``, replaced atomically after every epoch by ``fusio
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import warnings
@@ -30,7 +31,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusion.adapters import FuseMixAdapters, TowerConfig, TowerConfigError, check_towers, tower_configs
+from fusion.adapters import (
+    FuseMixAdapters,
+    TowerConfig,
+    TowerConfigError,
+    check_towers,
+    join_adapters,
+    tower_configs,
+)
 from fusion.cache import LatentRows, open_latents
 from fusion.crash import maybe_crash
 from fusion.errors import FusemixError, InputError, MissingFileError
@@ -102,6 +110,9 @@ class TrainConfig:
     val_fraction: float = 0.0  # share of clips held out to report validation retrieval after each epoch
     bf16: bool = False  # bf16 autocast (CPU or GPU); the loss stays float32
     seed: int = 0  # seeds model init, data order, captions, λ and dropout
+    # independent runs alike but for the seed (seed, seed + 1, ...) in OUT/head-K, joined into one model whose S is
+    # their spaces side by side (fusion.adapters.join_adapters): an ensemble read as one space; 1: one run
+    heads: int = 1
     resume: bool = False  # continue from OUT/checkpoint
     no_progress: bool = False  # hide the progress bar
 
@@ -118,6 +129,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.batch_size < 2:
             raise InputError(f"--batch-size must be >= 2 (halves are mixed), got {self.batch_size}")
+        if self.heads < 1 or (self.heads > 1 and self.lock_text):
+            raise InputError(f"--heads must be >= 1 (and 1 with --lock-text), got {self.heads}")
         if self.hard_negative_limit < 1:
             raise InputError(f"--hard-negative-limit must be >= 1, got {self.hard_negative_limit}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.min_lr < 0 or self.num_blocks < 0:
@@ -295,6 +308,8 @@ class _Run:
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint folder."""
     cfg.check()
+    if cfg.heads > 1:
+        return _train_heads(cfg)
     accelerator = _accelerator(cfg)
     manager = checkpoint_manager(cfg)
     resumed = manager.start(cfg.resume)
@@ -323,6 +338,46 @@ def train(cfg: TrainConfig) -> Path:
         _finish_epoch(run, record)
     bar.close()
     return manager.folder
+
+
+def _train_heads(cfg: TrainConfig) -> Path:
+    """Each head a run of its own (OUT/head-K, resumed on its own with ``resume``), then their join at OUT/checkpoint,
+    whose trainer_state.json is head 0's record (counts and layout) with each head's last epoch."""
+    manager = checkpoint_manager(cfg)
+    if not cfg.resume:
+        manager.start(False)  # refuses to overwrite a finished join
+    elif manager.latest() is not None:
+        manager.check_config(json.loads((manager.latest() / CONFIG_FILE).read_text()))
+    folders = []
+    for head in _heads(cfg):
+        resume = cfg.resume and checkpoint_manager(head).latest() is not None
+        folders.append(train(dataclasses.replace(head, resume=resume)))
+    from accelerate import PartialState  # the state the heads' runs set up
+
+    process = PartialState()
+    if process.is_main_process:
+        states = [json.loads((folder / STATE_FILE).read_text()) for folder in folders]
+        state = {k: v for k, v in states[0].items() if k not in ("history", "optimizer")}
+        state["heads"] = [s["history"][-1] for s in states]
+        members = [FuseMixAdapters.from_pretrained(folder, use_safetensors=True) for folder in folders]
+        manager.save(state, model=join_adapters(members))
+        logger.info("joined %d heads into %s", cfg.heads, manager.folder)
+    process.wait_for_everyone()
+    return manager.folder
+
+
+def _heads(cfg: TrainConfig) -> list[TrainConfig]:
+    """The heads' runs: ``cfg`` with one head, seed + K, in OUT/head-K."""
+    return [
+        dataclasses.replace(cfg, heads=1, seed=cfg.seed + k, out=str(Path(cfg.out) / f"head-{k}"))
+        for k in range(cfg.heads)
+    ]
+
+
+def resumable(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s run has work to continue: its checkpoint or, with heads, any head's."""
+    runs = [cfg, *_heads(cfg)] if cfg.heads > 1 else [cfg]
+    return any(checkpoint_manager(run).latest() is not None for run in runs)
 
 
 def checkpoint_manager(cfg: TrainConfig) -> CheckpointManager:

@@ -148,6 +148,8 @@ def check_preset_parts(preset: Any) -> None:
     check_weights_folder(preset.adapters, "adapters")
     check_weights_folder(preset.translator, "translator")
     shared = part_dim(preset.adapters, "shared_dim", "adapters")
+    if shared is not None:  # S is the heads' widths side by side (fusion.adapters.JoinedTowers)
+        shared *= part_dim(preset.adapters, "heads", "adapters") or 1
     takes = part_dim(preset.translator, "in_dim", "translator")
     if shared is not None and takes is not None and shared != takes:
         raise CheckpointError(

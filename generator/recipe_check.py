@@ -170,6 +170,7 @@ def _adapter_kwargs(recipe: DemoRecipe) -> dict:
         "token_blocks": cfg.token_blocks,
         "audio_parts": cfg.audio_parts,
         "audio_part_dropout": cfg.audio_part_dropout,
+        "heads": cfg.heads,
     }
 
 

@@ -225,14 +225,17 @@ def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
     """FuseMix adapters (resumed when a checkpoint is there), then their retrieval scores on the test split."""
     from fusion.adapters import FuseMixAdapters
     from fusion.evaluate import evaluate, load_pairs
-    from fusion.train import checkpoint_manager, train
+    from fusion.train import resumable, train
 
     cfg = train_config(recipe, layout)
+    settings = _settings(cfg)
+    if cfg.heads == 1:  # recorded only when used, so work folders made before heads existed still match
+        del settings["heads"]
 
     def fit() -> None:
-        train(replace(cfg, resume=checkpoint_manager(cfg).latest() is not None))
+        train(replace(cfg, resume=resumable(cfg)))
 
-    run_step(layout, "fusemix", _settings(cfg), fit, [layout.adapters])
+    run_step(layout, "fusemix", settings, fit, [layout.adapters])
 
     def score() -> None:
         model = FuseMixAdapters.from_pretrained(layout.adapters).eval()
@@ -241,7 +244,7 @@ def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
         atomic_write_json(layout.work / "fusemix_eval.json", metrics)
         logger.info("test split: text->audio R@1 %.3f", metrics["text_to_audio"]["R@1"])
 
-    run_step(layout, "eval", _settings(cfg), score, [layout.work / "fusemix_eval.json"])
+    run_step(layout, "eval", settings, score, [layout.work / "fusemix_eval.json"])
 
 
 def _train_translator(recipe: DemoRecipe, layout: Layout, tuned: bool = False) -> None:

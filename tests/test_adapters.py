@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fusion.adapters import FuseMixAdapters, TowerConfig, TowerConfigError, flat_tower_args
+from fusion.adapters import (
+    FuseMixAdapters,
+    TowerConfig,
+    TowerConfigError,
+    flat_tower_args,
+    join_adapters,
+    split_heads,
+)
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
 
@@ -41,6 +48,29 @@ def test_save_load_roundtrip(tmp_path):
     for key, value in model.encode(x).items():
         assert torch.equal(value, loaded.encode(x)[key])
     assert loaded.temperature.item() == pytest.approx(0.05)
+
+
+def test_joined_adapters_are_their_members_side_by_side(tmp_path):
+    members = [tiny(), FuseMixAdapters(audio_dim=12, text_dim=10, shared_dim=16, num_blocks=2)]  # other inits
+    joined = join_adapters([m.eval() for m in members])
+    assert joined.heads == 2 and joined.shared_dim == 32
+    x = {"audio": torch.randn(5, 12), "text": torch.randn(6, 10)}
+    with torch.no_grad():
+        out, alone = joined.encode(x), [m.encode(x) for m in members]
+    assert torch.allclose(out["audio"].norm(dim=-1), torch.ones(5), atol=1e-5)
+    mean_cosine = sum(a["audio"] @ a["text"].T for a in alone) / 2
+    assert torch.allclose(out["audio"] @ out["text"].T, mean_cosine, atol=1e-5)  # one space, the heads' mean
+    for head, member in zip(split_heads(out["text"], 2), alone, strict=True):
+        assert torch.allclose(head, member["text"], atol=1e-5)
+    joined.save_pretrained(tmp_path)
+    loaded = FuseMixAdapters.from_pretrained(tmp_path).eval()
+    assert loaded.heads == 2 and torch.allclose(loaded.encode(x)["audio"], out["audio"])
+    with pytest.raises(ValueError, match="differ in dropout"):
+        join_adapters([tiny(), tiny(dropout=0.3)])
+    with pytest.raises(ValueError, match="single-head"):
+        join_adapters([joined])
+    with pytest.raises(ValueError, match="heads must be >= 1"):
+        tiny(heads=0)
 
 
 def test_lock_text_is_identity_into_text_space():
@@ -197,7 +227,7 @@ def test_old_style_config_loads_with_identical_outputs(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     old_names = {"audio_dim", "text_dim", "shared_dim", "num_blocks", "expansion", "dropout", "lock_text"}
     old_names |= {"audio_adapter", "audio_tokens", "keep", "sparse_mode", "text_adapter", "text_tokens", "text_keep"}
-    added = {"token_blocks", "audio_parts", "audio_part_dropout", "text_parts", "text_part_dropout"}
+    added = {"token_blocks", "audio_parts", "audio_part_dropout", "text_parts", "text_part_dropout", "heads"}
     assert set(saved) - {"_class_name", "_diffusers_version"} == old_names | added
     for name in added:  # as configs were written before these existed
         del saved[name]
@@ -222,7 +252,7 @@ def test_shipped_checkpoint_loads_as_typed_towers():
     audio = TowerConfig("sparse", tokens=config["audio_tokens"], keep=config["keep"], **parts)
     text = TowerConfig("sparse", tokens=config["text_tokens"], keep=config["text_keep"])
     assert loaded.tower_configs == {"audio": audio, "text": text}
-    arch = {k: config[k] for k in ("shared_dim", "num_blocks", "expansion", "dropout")}
+    arch = {k: config[k] for k in ("shared_dim", "num_blocks", "expansion", "dropout", "heads")}
     typed = FuseMixAdapters.from_towers(config["audio_dim"], config["text_dim"], audio=audio, text=text, **arch)
     typed.load_state_dict(load_file(SHIPPED / "diffusion_pytorch_model.safetensors"), strict=True)
     gen = torch.Generator().manual_seed(0)

@@ -25,8 +25,9 @@ def pipe() -> AudioToImagePipeline:
 
 def test_shipped_checkpoints_are_small_and_safetensors_only():
     files = [p for p in (CHECKPOINTS / "demo").rglob("*") if p.is_file()]
-    # 52 MiB since the translator keeps its 448 scene anchors (5.5 MiB in float16, stop 32)
-    assert sum(p.stat().st_size for p in files) < 60 * 2**20
+    # 52 MiB since the translator keeps its 448 scene anchors (5.5 MiB in float16, stop 32); 109 MiB since S is two
+    # heads (stop 40: adapters 33 MiB, the translator reading both 55 MiB)
+    assert sum(p.stat().st_size for p in files) < 120 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     assert any(p.suffix == ".safetensors" for p in files)
 

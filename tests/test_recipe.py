@@ -77,6 +77,8 @@ def test_recipe_check_names_settings_that_cannot_work():
         replace(DEFAULT, handoff=-1.0).check()
     with pytest.raises(ValueError, match="hard_negative_sizes needs hard_negatives"):
         replace(DEFAULT, hard_negatives=False, hard_negative_sizes=True).check()
+    with pytest.raises(ValueError, match="fusemix_heads must be >= 1"):
+        replace(DEFAULT, fusemix_heads=0).check()
     assert preset_json(DEFAULT)["handoff"] == DEFAULT.handoff > 0 and "handoff" not in preset_json(
         replace(DEFAULT, handoff=0.0)
     )
@@ -191,6 +193,12 @@ def test_tiny_recipe_end_to_end_then_check_then_generate(tmp_path, monkeypatch):
     # each paraphrased caption's colour swap, then its size substitute: two hard negatives a caption
     assert count("text_swaps_all") == 2 * count("text_train_all_paraphrased")
     assert json.loads((out / "adapters/trainer_state.json").read_text())["hard_negatives_per_caption"] == 2
+    # two heads (seeds 0 and 1), each a run of its own, joined: S is their spaces side by side
+    assert (
+        json.loads((out / "adapters/config.json").read_text())["heads"] == trained["heads"] == TINY.fusemix_heads == 2
+    )
+    heads = [json.loads((tmp_path / f"work/fusemix/head-{k}/checkpoint/train_config.json").read_text()) for k in (0, 1)]
+    assert [h["seed"] for h in heads] == [0, 1] and {h["heads"] for h in heads} == {1}
     accent_lines = (tmp_path / "work/world_accent/train.jsonl").read_text().splitlines()
     assert all(json.loads(line)["voice"].split("+")[0] in ("hi", "ru") for line in accent_lines)
     sim_rows = [json.loads(line) for line in (tmp_path / "work/world_sim/train.jsonl").read_text().splitlines()]

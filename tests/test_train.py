@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from fusemix import cli
 from fusemix import evaluate as eval_cli
 from fusemix import train as train_cli
+from fusion.adapters import FuseMixAdapters
 from fusion.cache import write_latents
 from fusion.errors import FusemixError
 from tests.interrupt import interrupt_after
@@ -184,6 +185,35 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     assert [h["loss"] for h in states[0]["history"]] == [h["loss"] for h in states[1]["history"]]
     assert "val" in states[0]["history"][-1]
     assert not any(p.name.startswith(".") for p in (tmp_path / "cut").iterdir())  # no temp folders left
+
+
+def test_heads_are_the_next_seeds_runs_joined_and_resume(tmp_path, monkeypatch):
+    audio, text = make_caches(tmp_path, "train", 200, 2, "linear", seed=0)
+    base = ["--epochs", "3", "--batch-size", "64"]
+    assert train_cli.main(train_args(audio, text, tmp_path / "seed1", *base, "--seed", "1")) == 0
+    interrupt_after(monkeypatch, "epoch", 2)  # head 0 stops after its epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train_cli.main(train_args(audio, text, tmp_path / "two", *base, "--heads", "2"))
+    with pytest.raises(FusemixError, match="--resume"):
+        train_cli.main(train_args(audio, text, tmp_path / "two", *base, "--heads", "2"))
+    assert train_cli.main(train_args(audio, text, tmp_path / "two", *base, "--heads", "2", "--resume")) == 0
+
+    joined = FuseMixAdapters.from_pretrained(tmp_path / "two" / "checkpoint")
+    assert joined.heads == 2 and joined.shared_dim == 128
+    weights = load_file(str(tmp_path / "two" / "checkpoint" / "diffusion_pytorch_model.safetensors"))
+    alone = load_file(str(tmp_path / "seed1" / "checkpoint" / "diffusion_pytorch_model.safetensors"))
+    for key, value in alone.items():  # head 1 is the seed-1 run, weight for weight
+        if key.startswith("towers."):
+            modality, rest = key.split(".", 2)[1:]
+            assert torch.equal(weights[f"towers.{modality}.heads.1.{rest}"], value), key
+    state = json.loads((tmp_path / "two" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["heads"]] == [3, 3]
+    saved = json.loads((tmp_path / "two" / "checkpoint" / "train_config.json").read_text())
+    assert saved["heads"] == 2 and saved["seed"] == 0
+    with pytest.raises(FusemixError, match="already holds a checkpoint"):  # a finished join is kept
+        train_cli.main(train_args(audio, text, tmp_path / "two", *base, "--heads", "2"))
+    with pytest.raises(FusemixError, match="heads"):
+        train_cli.main(train_args(audio, text, tmp_path / "bad", *base, "--heads", "0"))
 
 
 def test_lock_text_with_bf16_lands_audio_in_text_space(tmp_path):
