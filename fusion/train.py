@@ -15,6 +15,8 @@ negatives are the same as on one process. Only the mixing pairs differ (each pro
 Checkpoint (``OUT/checkpoint``, replaced atomically after every epoch by ``fusion.training.CheckpointManager``):
 ``config.json`` + ``diffusion_pytorch_model.safetensors`` (the adapters), ``train_config.json``,
 ``optimizer.safetensors`` (AdamW moments) and ``trainer_state.json`` (epoch, step, optimizer scalars, history).
+With ``heads`` K > 1, K such runs (seeds seed .. seed + K - 1) live in ``OUT/head-k/checkpoint`` and
+``OUT/checkpoint`` holds their join (``fusion.adapters.join_adapters``), written once every head has finished.
 """
 
 from __future__ import annotations
