@@ -193,13 +193,6 @@ class JoinedTowers(nn.Module):
         return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 
 
-def split_heads(features: torch.Tensor, heads: int) -> list[torch.Tensor]:
-    """The inverse of ``JoinedTowers``' join: each head's unit-norm features, from joined (..., heads x dim) ones."""
-    if heads == 1:
-        return [features]
-    return [chunk * heads**0.5 for chunk in features.chunk(heads, dim=-1)]
-
-
 def resolve_shared_dim(shared_dim: int | None, text_dim: int, lock_text: bool) -> int:
     """With a locked text tower S *is* the text space, so its width is ``text_dim``; otherwise default 512."""
     if lock_text:
@@ -223,7 +216,8 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
     which colour goes with which word, which a mean-pooled sentence vector blurs. ``token_blocks`` sets how many
     transformer blocks a sparse tower runs over its kept tokens. ``audio_parts``/``audio_part_dropout`` (and the
     text ones) read a ``concat:A+B`` cache as A's tokens then B's and blank one part now and then in training (see
-    fusion.sparse). ``from_towers`` builds one from typed configs.
+    fusion.sparse). ``from_towers`` builds one from typed configs. ``heads`` K > 1: K towers per modality side by
+    side (``JoinedTowers``, made by ``join_adapters`` from K trained runs), S is ``K x shared_dim`` wide.
     """
 
     @register_to_config
@@ -251,8 +245,8 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         heads: int = 1,
     ) -> None:
         super().__init__()
-        if heads < 1:
-            raise ValueError(f"heads must be >= 1, got {heads}")
+        if heads < 1 or (heads > 1 and lock_text):
+            raise ValueError(f"heads must be >= 1 (1 with lock_text: one identity text tower), got {heads}")
         for name, value in (("audio_dim", audio_dim), ("text_dim", text_dim), ("expansion", expansion)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -270,8 +264,6 @@ class FuseMixAdapters(ModelMixin, ConfigMixin):
         check_towers(self.tower_configs, lock_text)
         block_args = (num_blocks, expansion, dropout)
         dims = {"audio": audio_dim, "text": text_dim}
-        if heads > 1 and lock_text:
-            raise ValueError("heads > 1 needs trained text towers (one per head), not lock_text")
         built: dict[str, list[nn.Module]] = {"text": [], "audio": []}
         for _ in range(heads):
             for modality in ("text", "audio"):  # text first: the order the random init has always drawn in

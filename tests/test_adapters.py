@@ -15,7 +15,6 @@ from fusion.adapters import (
     TowerConfigError,
     flat_tower_args,
     join_adapters,
-    split_heads,
 )
 from fusion.loss import InfoNCELoss
 from fusion.mixup import fusemix_mix
@@ -60,8 +59,8 @@ def test_joined_adapters_are_their_members_side_by_side(tmp_path):
     assert torch.allclose(out["audio"].norm(dim=-1), torch.ones(5), atol=1e-5)
     mean_cosine = sum(a["audio"] @ a["text"].T for a in alone) / 2
     assert torch.allclose(out["audio"] @ out["text"].T, mean_cosine, atol=1e-5)  # one space, the heads' mean
-    for head, member in zip(split_heads(out["text"], 2), alone, strict=True):
-        assert torch.allclose(head, member["text"], atol=1e-5)
+    for head, member in zip(out["text"].chunk(2, dim=-1), alone, strict=True):  # each head's point, scaled 1/sqrt 2
+        assert torch.allclose(head * 2**0.5, member["text"], atol=1e-5)
     joined.save_pretrained(tmp_path)
     loaded = FuseMixAdapters.from_pretrained(tmp_path).eval()
     assert loaded.heads == 2 and torch.allclose(loaded.encode(x)["audio"], out["audio"])
