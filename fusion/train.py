@@ -71,6 +71,9 @@ CHECKPOINT = "checkpoint"
 LOG_EVERY = 50  # steps between progress-bar loss updates (each reads the loss back from the device)
 # fields that may change between a run and its resumption
 RESUMABLE_CHANGES = {"resume", "no_progress", "out", "audio_latents", "text_latents"}
+# values of fields added after runs were first recorded: what those runs did (a recipe records them only when set
+# otherwise, so its earlier work folders still match)
+ADDED_DEFAULTS = {"heads": 1}
 
 
 @dataclass

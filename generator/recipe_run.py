@@ -225,12 +225,10 @@ def _train_adapters(recipe: DemoRecipe, layout: Layout) -> None:
     """FuseMix adapters (resumed when a checkpoint is there), then their retrieval scores on the test split."""
     from fusion.adapters import FuseMixAdapters
     from fusion.evaluate import evaluate, load_pairs
-    from fusion.train import resumable, train
+    from fusion.train import ADDED_DEFAULTS, resumable, train
 
     cfg = train_config(recipe, layout)
-    settings = _settings(cfg)
-    if cfg.heads == 1:  # recorded only when used, so work folders made before heads existed still match
-        del settings["heads"]
+    settings = _settings(cfg, ADDED_DEFAULTS)
 
     def fit() -> None:
         train(replace(cfg, resume=resumable(cfg)))
@@ -258,8 +256,7 @@ def _train_translator(recipe: DemoRecipe, layout: Layout, tuned: bool = False) -
     def fit() -> None:
         train_translator(cfg, resume=checkpoint_manager(cfg).latest() is not None)
 
-    # fields added later are recorded only when set otherwise, so steps finished before they existed still match
-    settings = {k: v for k, v in _settings(cfg).items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
+    settings = _settings(cfg, ADDED_DEFAULTS)
     run_step(layout, "translator_tune" if tuned else "translator", settings, fit, [Path(cfg.out)])
 
 
@@ -323,9 +320,15 @@ class TokenStates:
 RUN_FIELDS = frozenset({"out", "resume", "no_progress", "progress", "device"})
 
 
-def _settings(cfg: Any) -> dict:
-    """A trainer config's settings as a step records them (its input folders included: they are under WORK)."""
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RUN_FIELDS}
+def _settings(cfg: Any, added: dict | None = None) -> dict:
+    """A trainer config's settings as a step records them (its input folders included: they are under WORK); the
+    ``added`` fields (trainer's ADDED_DEFAULTS) only when set otherwise, so steps finished before they existed match."""
+    added = added or {}
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in fields(cfg)
+        if f.name not in RUN_FIELDS and (f.name not in added or getattr(cfg, f.name) != added[f.name])
+    }
 
 
 def store_half(folder: Path) -> None:
