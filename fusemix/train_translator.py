@@ -58,6 +58,13 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "their blend; on the demo it did not remove the blank fields (README) (default: %(default)s)",
     )
     p.add_argument(
+        "--width",
+        type=int,
+        default=d.width,
+        help="hidden width of an mlp or mixture translator, after one projection from S; a wide S (several heads "
+        "joined) then need not make the translator wide (default: the width of S)",
+    )
+    p.add_argument(
         "--components",
         type=int,
         default=d.components,
@@ -76,7 +83,7 @@ def add_objective_options(p: argparse.ArgumentParser, d: TranslatorConfig) -> No
         "--init-from",
         default=None,
         metavar="TRANSLATOR",
-        help="start from this translator's weights (same --arch and --num-blocks), e.g. an mse run to fine-tune "
+        help="start from this translator's weights (same --arch, --num-blocks and --width), e.g. an mse run to fine-tune "
         "with --objective distill or both (default: a fresh translator)",
     )
 

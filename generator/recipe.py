@@ -114,6 +114,7 @@ class DemoRecipe:
     translator_blocks: int = 2  # residual blocks of the translator
     translator_dropout: float = 0.1  # dropout inside them
     translator_arch: str = "mlp"  # "mlp", "queries" (learned per-token queries) or "mixture" (generator.translator)
+    translator_width: int | None = None  # hidden width of an mlp translator (`--width`); None: the width of S
     translator_components: int = 2  # candidates of a "mixture" translator (`train-translator --components`)
     translator_seed: int = 0  # seeds init, order and noise
     # share of rows moved toward a neighbouring scene's point, keeping their target (`train-translator
@@ -521,6 +522,7 @@ def _translator_base_config(recipe: DemoRecipe, layout: Layout):
         num_blocks=recipe.translator_blocks,
         dropout=recipe.translator_dropout,
         arch=recipe.translator_arch,
+        width=recipe.translator_width,
         components=recipe.translator_components,
         seed=recipe.translator_seed,
         neighbour_mix=recipe.translator_neighbour_mix,

@@ -66,6 +66,7 @@ ADDED_DEFAULTS["components"] = 2
 ADDED_DEFAULTS["audio_noise"] = 0.0
 ADDED_DEFAULTS["snap"] = 0.0
 ADDED_DEFAULTS.update(metric_audio_latents=None, metric_text_latents=None, metric_shrink=0.5)
+ADDED_DEFAULTS["width"] = None
 NEIGHBOURS = 4  # targets a row may be moved toward with neighbour_mix
 RELAX_FLOOR = 0.05  # share of every candidate's error kept in a mixture translator's loss (fit_loss)
 OWN_BUFFERS = ("anchor_embeds", "metric_anchors", "metric_offsets")  # a run's own, never taken from --init-from
@@ -102,6 +103,7 @@ class TranslatorConfig:
     neighbour_mix: float = 0.0
     num_blocks: int = 2  # residual blocks (mlp) or transformer blocks (queries) of the translator
     arch: str = "mlp"  # "mlp", "queries" or "mixture" (generator.translator)
+    width: int | None = None  # hidden width of an mlp or mixture translator; None: the shared space's width
     components: int = 2  # candidate conditionings of a "mixture" translator (trained winner-take-all)
     init_from: str | None = None  # translator folder whose weights start the run (e.g. an mse run, then distill)
     # at inference, an output farther than this (L2) from every canonical target snaps to the nearest one
@@ -190,6 +192,8 @@ def check_config(cfg: TranslatorConfig) -> None:
         raise InputError("--noise and --audio-noise must be >= 0")
     if cfg.components < 1:
         raise InputError(f"--components must be >= 1, got {cfg.components}")
+    if cfg.width is not None and (cfg.width < 1 or cfg.arch == "queries"):
+        raise InputError(f"--width must be >= 1, and is for --arch mlp or mixture; got {cfg.width} with {cfg.arch}")
     if cfg.snap < 0 or (cfg.snap > 0 and not cfg.canonical_bank):
         raise InputError(
             f"--snap must be >= 0, and needs --canonical-bank (its scenes are the anchors), got {cfg.snap}"
@@ -419,6 +423,7 @@ def new_translator(cfg: TranslatorConfig, in_dim: int, num_tokens: int, token_di
         in_dim, num_tokens, token_dim, cfg.num_blocks, dropout=cfg.dropout, arch=cfg.arch,
         components=cfg.components if cfg.arch == "mixture" else 1,
         anchors=anchors if cfg.snap > 0 else 0, snap=cfg.snap, metric=cfg.metric_audio_latents is not None,
+        width=cfg.width,
     )  # fmt: skip
 
 
@@ -466,7 +471,7 @@ def _warm_start(folder: str, model: Translator) -> Translator:
     if want != have:
         diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         raise InputError(
-            f"--init-from {folder}: its weights do not fit this run's translator (--arch, --num-blocks, the shared "
+            f"--init-from {folder}: its weights do not fit this run's translator (--arch, --num-blocks, --width, the shared "
             f"and image model's dims): {', '.join(diff[:3])}"
         )
     return start

@@ -9,8 +9,9 @@ model's encoding of the empty prompt, the negative condition for classifier-free
     Translator(in_dim=384, num_tokens=16, token_dim=384, arch="queries")   # learned per-token queries
     tr.save_pretrained("translator"); Translator.from_pretrained("translator")
 
-``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once. ``arch="queries"``: the
-point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
+``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once; its blocks are as wide as
+S, or ``width`` after one projection (so a wide S, e.g. several heads joined, need not make the translator wide).
+``arch="queries"``: the point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
 transformer blocks (self-attention over queries and memory), so each token can pick what it needs from S.
 ``arch="mixture"``: the residual MLP writes ``components`` candidate conditionings and a score for each, and the
 output is the best-scored candidate. A regression to one answer draws the *mean* of the scenes a point may be
@@ -60,6 +61,7 @@ class Translator(ModelMixin, ConfigMixin):
         anchors: int = 0,
         snap: float = 0.0,
         metric: bool = False,
+        width: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("num_tokens", num_tokens), ("token_dim", token_dim)):
@@ -75,13 +77,17 @@ class Translator(ModelMixin, ConfigMixin):
                 f"snap and metric need anchors, and both must be >= 0: got anchors={anchors}, snap={snap}, "
                 f"metric={metric}"
             )
+        if width is not None and (width < 1 or arch == "queries"):
+            raise ValueError(f"width must be >= 1, and is for arch 'mlp' or 'mixture'; got {width} with {arch!r}")
         if arch != "queries":
-            width = components if arch == "mixture" else 1
-            self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(num_blocks)])
-            self.norm = nn.LayerNorm(in_dim)
-            self.proj = nn.Linear(in_dim, width * num_tokens * token_dim)
+            hidden = width or in_dim
+            # a narrower hidden width costs one projection; absent (None), the blocks read S as it is
+            self.inp = nn.Linear(in_dim, hidden) if hidden != in_dim else nn.Identity()
+            self.blocks = nn.Sequential(*[ResidualMLPBlock(hidden, expansion, dropout) for _ in range(num_blocks)])
+            self.norm = nn.LayerNorm(hidden)
+            self.proj = nn.Linear(hidden, (components if arch == "mixture" else 1) * num_tokens * token_dim)
             if arch == "mixture":
-                self.score = nn.Linear(in_dim, components)
+                self.score = nn.Linear(hidden, components)
         else:
             self.memory = nn.Linear(in_dim, memory_tokens * token_dim)
             self.queries = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
@@ -134,7 +140,7 @@ class Translator(ModelMixin, ConfigMixin):
             candidates, scores = self.candidates(points)
             return candidates[torch.arange(len(points)), scores.argmax(1)]
         if self.config.arch == "mlp":
-            out = self.proj(self.norm(self.blocks(points)))
+            out = self.proj(self.norm(self.blocks(self.inp(points))))
             return self.mean + out.view(-1, self.config.num_tokens, self.config.token_dim)
         memory = self.memory(points).view(len(points), self.config.memory_tokens, self.config.token_dim)
         tokens = torch.cat([memory, self.queries.expand(len(points), -1, -1)], dim=1)
@@ -145,7 +151,7 @@ class Translator(ModelMixin, ConfigMixin):
         """``arch="mixture"``: every candidate, ``(batch, components, tokens, dim)``, and their scores (logits)."""
         if self.config.arch != "mixture":
             raise ValueError(f"candidates() needs arch='mixture', this translator is {self.config.arch!r}")
-        hidden = self.norm(self.blocks(points))
+        hidden = self.norm(self.blocks(self.inp(points)))
         shape = (-1, self.config.components, self.config.num_tokens, self.config.token_dim)
         # the scores read the features without shaping them: the features serve the regression alone
         return self.mean + self.proj(hidden).view(shape), self.score(hidden.detach())

@@ -109,6 +109,25 @@ def test_translator_saves_loads_and_checks_shapes(tmp_path, arch):
     assert torch.equal(back(x), candidates[torch.arange(4), scores.argmax(1)])  # the best-scored candidate
 
 
+@pytest.mark.parametrize("arch", ["mlp", "mixture"])
+def test_narrow_translator_reads_s_through_one_projection(tmp_path, arch):
+    """``width`` sets the blocks' width apart from S's: fewer weights for a wide S, and a translator without it keeps
+    the weights (and checkpoints) it always had."""
+    wide = Translator(in_dim=32, num_tokens=3, token_dim=5, arch=arch)
+    narrow = Translator(in_dim=32, num_tokens=3, token_dim=5, arch=arch, width=8).eval()
+    assert not any(k.startswith("inp.") for k in wide.state_dict())
+    assert narrow.inp.weight.shape == (8, 32) and narrow.blocks[0].fc1.weight.shape[1] == 8
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) / 2
+    narrow.save_pretrained(tmp_path)
+    back = Translator.from_pretrained(tmp_path).eval()
+    x = torch.randn(4, 32)
+    assert back.config.width == 8 and torch.equal(back(x), narrow(x)) and back(x).shape == (4, 3, 5)
+    for bad in ({"width": 0}, {"width": 8, "arch": "queries"}):
+        with pytest.raises(ValueError, match="width must be >= 1"):
+            Translator(in_dim=32, num_tokens=3, token_dim=5, **bad)
+
+
 def test_snapping_translator_replaces_only_outputs_far_from_every_anchor(tmp_path):
     """An output farther than ``snap`` from every anchor draws the nearest anchor; one within it, and every output
     while training, passes as the map wrote it. Anchors and snap survive save/load; ``snap=0`` at load turns it off."""
@@ -199,8 +218,8 @@ def test_noise_keeps_points_on_the_sphere_and_moves_them():
     assert torch.equal(noisy(x, 0.0, g), x)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "queries", "mixture"])
-def test_translator_learns_caption_targets(sd_preset, tmp_path, arch):
+@pytest.mark.parametrize(("arch", "width"), [("mlp", None), ("queries", None), ("mixture", None), ("mlp", 8)])
+def test_translator_learns_caption_targets(sd_preset, tmp_path, arch, width):
     """More epochs fit the image model's own encodings better than the mean alone (relative MSE < 1)."""
     out = train_translator(
         TranslatorConfig(
@@ -215,6 +234,7 @@ def test_translator_learns_caption_targets(sd_preset, tmp_path, arch):
             dropout=0.0,
             progress=False,
             arch=arch,
+            width=width,
         )
     )
     report = json.loads((out / "translator_config.json").read_text())
@@ -222,6 +242,7 @@ def test_translator_learns_caption_targets(sd_preset, tmp_path, arch):
     assert report["relative_mse"] < 0.5
     tr = Translator.from_pretrained(out)
     assert (tr.config.num_tokens, tr.config.token_dim, tr.config.arch) == (77, 32, arch)  # tiny CLIP prompt_embeds
+    assert tr.config.width == width
 
 
 def test_audio_to_image_on_tiny_stable_diffusion(sd_pipe):
