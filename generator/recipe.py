@@ -293,6 +293,9 @@ DEFAULT = replace(
     # 19 colours and 6 sizes right that the single space missed, against 20, 7 and 3 the other way, and shapes 1
     # against 2 (README)
     fusemix_heads=2,
+    # the translator stays as wide as S (translator_width None, 1,024 with two heads): narrower ones (256-512, under
+    # 30 MB) got 7-20 more sizes wrong on the 2,448 validation clips, where another translator seed moved one (stop
+    # 41, README)
 )
 # The same with one augmented view of every training clip before the frozen encoders (tempo, pitch, reverb, noise,
 # band-limiting; fusion.augment): +0.025 background on the espeak-ng test split, but -0.03 on Flite, -0.025 on
