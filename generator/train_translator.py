@@ -471,8 +471,8 @@ def _warm_start(folder: str, model: Translator) -> Translator:
     if want != have:
         diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         raise InputError(
-            f"--init-from {folder}: its weights do not fit this run's translator (--arch, --num-blocks, --width, the shared "
-            f"and image model's dims): {', '.join(diff[:3])}"
+            f"--init-from {folder}: its weights do not fit this run's translator (--arch, --num-blocks, --width, the "
+            f"shared and image model's dims): {', '.join(diff[:3])}"
         )
     return start
 

@@ -11,8 +11,9 @@ model's encoding of the empty prompt, the negative condition for classifier-free
 
 ``arch="mlp"`` (the default) is a residual MLP whose last layer writes all tokens at once; its blocks are as wide as
 S, or ``width`` after one projection (so a wide S, e.g. several heads joined, need not make the translator wide).
-``arch="queries"``: the point becomes ``memory_tokens`` tokens, and one learned query per output token reads them through ``num_blocks``
-transformer blocks (self-attention over queries and memory), so each token can pick what it needs from S.
+``arch="queries"``: the point becomes ``memory_tokens`` tokens, and one learned query per output token reads them
+through ``num_blocks`` transformer blocks (self-attention over queries and memory), so each token can pick what it
+needs from S.
 ``arch="mixture"``: the residual MLP writes ``components`` candidate conditionings and a score for each, and the
 output is the best-scored candidate. A regression to one answer draws the *mean* of the scenes a point may be
 (two colour-swapped twins averaged give a field with no shape); trained winner-take-all
