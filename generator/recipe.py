@@ -294,7 +294,7 @@ DEFAULT = replace(
     # against 2 (README)
     fusemix_heads=2,
     # the translator stays as wide as S (translator_width None, 1,024 with two heads): narrower ones (256-512, under
-    # 30 MB) got 7-20 more sizes wrong on the 2,448 validation clips, where another translator seed moved one (stop
+    # 30 MB) got 7-17 more sizes wrong on the 2,448 validation clips, where another translator seed moved one (stop
     # 41, README)
 )
 # The same with one augmented view of every training clip before the frozen encoders (tempo, pitch, reverb, noise,
