@@ -15,6 +15,10 @@ Splits are NAME=AUDIO_CACHE:MANIFEST as for `scripts/translator_decisions.py` (w
   between the clip and a bank caption of the anchor's scene (an ensemble with retrieve);
 - ``pull B``: the clip's point moved B of the way to its nearest bank caption in S before it is translated;
 - ``l2 below D``: the L2 nearest anchor up to distance D, the metric beyond;
+- ``confident M``: beyond the snap, retrieve's scene wherever S's two nearest scenes lie more than M cosine apart;
+- ``marginal T``: beyond the snap, per-attribute decoding: the metric's scores / T as a softmax over the scenes,
+  each attribute's value by its summed mass, the scene with the most probable values (``retrieve marginal T``: the
+  same over retrieve's cosines x logit scale). Both stop 42's, neither ahead on every attribute;
 - ``refit NAME shrink S``: the metric refitted (``generator.snap_metric``) on NAME's clips, AUDIO_CACHE:MANIFEST
   with a ``scene`` per clip, which the translator must never have trained on;
 - ``--margin M``: also ``retrieve`` and ``preset`` on the clips whose two nearest scenes in S lie within M cosine
@@ -106,7 +110,8 @@ def load_world(preset_name: str, translator: str | None, bank_cache: str) -> Wor
 
 
 def decide(world: World, split: Split, translator: Translator | None = None, handoff: float | None = None,
-           blend: float = 0.0, pull: float = 0.0, l2_below: float = 0.0) -> list[Scene]:  # fmt: skip
+           blend: float = 0.0, pull: float = 0.0, l2_below: float = 0.0, marginal: float = 0.0,
+           confident: float = 0.0) -> list[Scene]:  # fmt: skip
     """The scene each clip is drawn as under one rule (defaults: the preset's)."""
     model = translator or world.translator
     points = split.points
@@ -115,16 +120,36 @@ def decide(world: World, split: Split, translator: Translator | None = None, han
         points = F.normalize(points + pull * (near - points), dim=-1)
     raw = model.translate(points)
     distance, l2_anchor = model.nearest_anchor(raw)
-    metric = (model.metric_scores(raw) / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores).argmax(1)
+    scores = model.metric_scores(raw) / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores
+    metric = (marginal_scores(world, scores / marginal) if marginal else scores).argmax(1)
     handoff = world.handoff if handoff is None else handoff
+    top = split.bank_scores.topk(2, dim=1).values
+    sure = ((top[:, 0] - top[:, 1]) > confident).tolist() if confident else [False] * len(points)
     picked = []
     for k, d in enumerate(distance.tolist()):
-        if handoff > 0 and d > handoff:
+        if (handoff > 0 and d > handoff) or (sure[k] and d > model.config.snap):
             picked.append(split.retrieved[k])
         else:
             near = d <= max(model.config.snap, l2_below)
             picked.append(world.anchor_scene[int(l2_anchor[k] if near else metric[k])])
     return picked
+
+
+def marginal_scores(world: World, logits: torch.Tensor) -> torch.Tensor:
+    """Each anchor's summed log-marginals: per attribute, the log of the softmax mass of anchors sharing its value."""
+    logp = logits.float().log_softmax(1)
+    total = torch.zeros_like(logp)
+    for a in range(len(ATTRIBUTES)):
+        values = sorted({s[a] for s in world.anchor_scene})
+        of = torch.tensor([values.index(s[a]) for s in world.anchor_scene])
+        marg = torch.stack([logp[:, of == v].logsumexp(1) for v in range(len(values))], 1)
+        total += marg[:, of]
+    return total
+
+
+def by_marginals(world: World, split: Split, scale: float) -> list[Scene]:
+    """Retrieve decoded per attribute: the scenes' best cosines x ``scale`` as logits."""
+    return [world.anchor_scene[i] for i in marginal_scores(world, split.bank_scores * scale).argmax(1).tolist()]
 
 
 class Ensemble:
@@ -186,6 +211,10 @@ def rules(world: World, a: argparse.Namespace):
     out += [(f"blend {w:g}", lambda s, w=w: decide(world, s, blend=w)) for w in a.blends]
     out += [(f"pull {b:g}", lambda s, b=b: decide(world, s, pull=b)) for b in a.pulls]
     out += [(f"l2 below {d:g}", lambda s, d=d: decide(world, s, l2_below=d)) for d in a.l2_below]
+    out += [(f"confident {m:g}", lambda s, m=m: decide(world, s, confident=m)) for m in a.confident]
+    out += [(f"marginal {t:g}", lambda s, t=t: decide(world, s, marginal=t)) for t in a.marginals]
+    scale = float(world.adapters.logit_scale())
+    out += [(f"retrieve marginal {t:g}", lambda s, t=t: by_marginals(world, s, scale / t)) for t in a.marginals]
     for spec in a.refit:
         name, cache, manifest = parse_spec(spec)
         clips = world.split(cache, manifest)  # read once for every shrink
@@ -212,14 +241,14 @@ def table(world: World, splits: dict[str, Split], a: argparse.Namespace) -> list
             counts = right(picked[name], split.truth, list(range(len(split.truth))))
             total = [t + c for t, c in zip(total, counts, strict=True)]
             cells.append(f"{name} {'/'.join(map(str, counts))}")
-        lines.append(f"{label:22s} {'/'.join(map(str, total)):20s} " + "  ".join(cells))
+        lines.append(f"{label:26s} {'/'.join(map(str, total)):20s} " + "  ".join(cells))
     for label, picked in picks[:2] if a.margin else ():  # retrieve and preset where S barely decides
         cells = []
         for name, split in splits.items():
             top = split.bank_scores.topk(2, dim=1).values
             rows = ((top[:, 0] - top[:, 1]) < a.margin).nonzero().flatten().tolist()
             cells.append(f"{name} {'/'.join(map(str, right(picked[name], split.truth, rows)))} of {len(rows)}")
-        lines.append(f"{label + f' margin<{a.margin:g}':22s} " + "  ".join(cells))
+        lines.append(f"{label + f' margin<{a.margin:g}':26s} " + "  ".join(cells))
     return lines
 
 
@@ -234,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blends", nargs="*", type=float, default=[])
     p.add_argument("--pulls", nargs="*", type=float, default=[])
     p.add_argument("--l2-below", nargs="*", type=float, default=[])
+    p.add_argument("--confident", nargs="*", type=float, default=[], help="S margins handing far clips to retrieve")
+    p.add_argument("--marginals", nargs="*", type=float, default=[], help="temperatures of per-attribute decoding")
     p.add_argument("--refit", nargs="*", default=[], metavar="NAME=CACHE:MANIFEST")
     p.add_argument("--shrinks", nargs="*", type=float, default=[0.5], help="shrinks of each --refit")
     p.add_argument("--margin", type=float, default=0.0)
