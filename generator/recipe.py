@@ -272,7 +272,8 @@ DEFAULT = replace(
     epochs=60,
     # no translator_tune: 2 epochs of MSE + distillation lifted translate mode on the validation split (0.970 / 0.980
     # / 0.990 / 0.990 -> 0.985 / 0.985 / 0.995 / 0.995) but lost 1-4 clips an attribute on every held-out split,
-    # most on the Kokoro speakers (stop 26, README)
+    # most on the Kokoro speakers (stop 26, README); 6 epochs on the joined S cut the denoiser's error 9x and changed
+    # one of 4,800 judged attributes on 1,200 validation clips (a shape lost; stop 42, README)
     # translate mode by default since stop 32: a translator trained with neighbour mix whose outputs off every
     # scene's conditioning (farther than 3) snap to the nearest scene's, so a clip heard between two scenes draws
     # one of them, not a blank field. On the 900 validation clips (English and Vietnamese voices) it is ahead of
