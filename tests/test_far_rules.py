@@ -43,6 +43,7 @@ def test_rules_on_the_examples(tmp_path, capsys):
     assert rows["handoff 0.001"] == rows["retrieve"]  # every clip handed to retrieve
     assert rows["refit own shrink 0.5"][0].count("/") == 3
     # near zero temperature, per-attribute decoding is the argmax: the preset's and retrieve's own scenes
+    assert rows["confident 0.001"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]  # right whichever mode decides a clip
     assert rows["marginal 1e-06"] == rows["preset"] and rows["retrieve marginal 1e-06"] == rows["retrieve"]
     assert rows["preset margin<2"] == ["ex", "6/6/6/6", "of", "6"]  # every clip within a margin of 2
     # the preset joined with itself: the same cosines, the same translations, the metric refitted on the same clips
@@ -58,8 +59,9 @@ def test_rules_on_the_examples(tmp_path, capsys):
 
 def test_marginal_decoding_can_overrule_the_best_scene():
     """Two blue scenes near the best red one: per attribute, blue and circle win, so the blue circle."""
-    red_circle, blue_square, blue_circle = ("white", "red", "circle", "big"), ("white", "blue", "square", "big"), (
-        "white", "blue", "circle", "big")  # fmt: skip
+    red_circle = ("white", "red", "circle", "big")
+    blue_square = ("white", "blue", "square", "big")
+    blue_circle = ("white", "blue", "circle", "big")
     world = SimpleNamespace(anchor_scene=[red_circle, blue_square, blue_circle])
     logits = torch.tensor([[1.0, 0.9, 0.9]])
     assert marginal_scores(world, logits).argmax(1).item() == 2
