@@ -121,10 +121,9 @@ def decide(world: World, split: Split, translator: Translator | None = None, han
     raw = model.translate(points)
     distance, l2_anchor = model.nearest_anchor(raw)
     scores = model.metric_scores(raw) / 2 + blend * float(world.adapters.logit_scale()) * split.bank_scores
-    metric = (marginal_scores(world, scores / marginal) if marginal else scores).argmax(1)
+    metric = (marginal_scores(world.anchor_scene, scores / marginal) if marginal else scores).argmax(1)
     handoff = world.handoff if handoff is None else handoff
-    top = split.bank_scores.topk(2, dim=1).values
-    sure = ((top[:, 0] - top[:, 1]) > confident).tolist() if confident else [False] * len(points)
+    sure = (s_margin(split) > confident).tolist() if confident else [False] * len(points)
     picked = []
     for k, d in enumerate(distance.tolist()):
         if (handoff > 0 and d > handoff) or (sure[k] and d > model.config.snap):
@@ -135,13 +134,19 @@ def decide(world: World, split: Split, translator: Translator | None = None, han
     return picked
 
 
-def marginal_scores(world: World, logits: torch.Tensor) -> torch.Tensor:
+def s_margin(split: Split) -> torch.Tensor:
+    """Per clip, how far apart in cosine its two nearest scenes in S lie (small: S barely decides)."""
+    top = split.bank_scores.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+def marginal_scores(anchor_scene: list[Scene], logits: torch.Tensor) -> torch.Tensor:
     """Each anchor's summed log-marginals: per attribute, the log of the softmax mass of anchors sharing its value."""
     logp = logits.float().log_softmax(1)
     total = torch.zeros_like(logp)
     for a in range(len(ATTRIBUTES)):
-        values = sorted({s[a] for s in world.anchor_scene})
-        of = torch.tensor([values.index(s[a]) for s in world.anchor_scene])
+        values = sorted({s[a] for s in anchor_scene})
+        of = torch.tensor([values.index(s[a]) for s in anchor_scene])
         marg = torch.stack([logp[:, of == v].logsumexp(1) for v in range(len(values))], 1)
         total += marg[:, of]
     return total
@@ -149,7 +154,8 @@ def marginal_scores(world: World, logits: torch.Tensor) -> torch.Tensor:
 
 def by_marginals(world: World, split: Split, scale: float) -> list[Scene]:
     """Retrieve decoded per attribute: the scenes' best cosines x ``scale`` as logits."""
-    return [world.anchor_scene[i] for i in marginal_scores(world, split.bank_scores * scale).argmax(1).tolist()]
+    picked = marginal_scores(world.anchor_scene, split.bank_scores * scale).argmax(1).tolist()
+    return [world.anchor_scene[i] for i in picked]
 
 
 class Ensemble:
@@ -245,8 +251,7 @@ def table(world: World, splits: dict[str, Split], a: argparse.Namespace) -> list
     for label, picked in picks[:2] if a.margin else ():  # retrieve and preset where S barely decides
         cells = []
         for name, split in splits.items():
-            top = split.bank_scores.topk(2, dim=1).values
-            rows = ((top[:, 0] - top[:, 1]) < a.margin).nonzero().flatten().tolist()
+            rows = (s_margin(split) < a.margin).nonzero().flatten().tolist()
             cells.append(f"{name} {'/'.join(map(str, right(picked[name], split.truth, rows)))} of {len(rows)}")
         lines.append(f"{label + f' margin<{a.margin:g}':26s} " + "  ".join(cells))
     return lines

@@ -2,7 +2,6 @@
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -42,8 +41,8 @@ def test_rules_on_the_examples(tmp_path, capsys):
     assert rows["preset"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]
     assert rows["handoff 0.001"] == rows["retrieve"]  # every clip handed to retrieve
     assert rows["refit own shrink 0.5"][0].count("/") == 3
-    # near zero temperature, per-attribute decoding is the argmax: the preset's and retrieve's own scenes
     assert rows["confident 0.001"][:3] == ["6/6/6/6", "ex", "6/6/6/6"]  # right whichever mode decides a clip
+    # near zero temperature, per-attribute decoding is the argmax: the preset's and retrieve's own scenes
     assert rows["marginal 1e-06"] == rows["preset"] and rows["retrieve marginal 1e-06"] == rows["retrieve"]
     assert rows["preset margin<2"] == ["ex", "6/6/6/6", "of", "6"]  # every clip within a margin of 2
     # the preset joined with itself: the same cosines, the same translations, the metric refitted on the same clips
@@ -62,7 +61,7 @@ def test_marginal_decoding_can_overrule_the_best_scene():
     red_circle = ("white", "red", "circle", "big")
     blue_square = ("white", "blue", "square", "big")
     blue_circle = ("white", "blue", "circle", "big")
-    world = SimpleNamespace(anchor_scene=[red_circle, blue_square, blue_circle])
+    scenes = [red_circle, blue_square, blue_circle]
     logits = torch.tensor([[1.0, 0.9, 0.9]])
-    assert marginal_scores(world, logits).argmax(1).item() == 2
-    assert marginal_scores(world, logits / 1e-3).argmax(1).item() == 0  # cold: the best scene itself
+    assert marginal_scores(scenes, logits).argmax(1).item() == 2
+    assert marginal_scores(scenes, logits / 1e-3).argmax(1).item() == 0  # cold: the best scene itself
